@@ -1,0 +1,20 @@
+// Shared by the CPU binding (bindings.cpp) and the CUDA binding (cuda/bindings_cuda.cpp).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "core/kl_math.h"
+
+#ifndef EAE_WITH_CUDA
+#define EAE_WITH_CUDA 0
+#endif
+
+namespace eae {
+
+// Checks z (2-D floating, N > k, d >= 1), k >= 1 and p in {1, 2, inf}; returns the norm.
+Norm check_args(const at::Tensor& z, int64_t k, double p);
+
+// float32 for half inputs (float16, bfloat16), else the input type.
+at::ScalarType accumulation_type(at::ScalarType t);
+
+}  // namespace eae

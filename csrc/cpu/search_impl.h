@@ -1,0 +1,241 @@
+// The CPU nearest-neighbour search kernel, written once over a small SIMD abstraction and
+// compiled once per instruction set. Include it from exactly one .cpp per ISA, after defining
+// EAE_ISA (the namespace: avx512, avx2 or generic) and enabling that ISA for the functions below
+// (see search_avx512.cpp). It must not instantiate standard-library templates: an inline
+// function compiled for AVX-512 could otherwise be picked by the linker for generic callers.
+//
+// Work mapping. Every row i needs the k smallest distances to the other rows. The rows are
+// processed in blocks of kRowBlock rows (one thread owns a range of blocks). For each block, the
+// kernel streams the packed column panels (PW = SIMD width x COLS columns, all d coordinates,
+// see kl_cpu.cpp) and computes a ROWS x PW tile of distances held entirely in SIMD registers:
+//
+//   for c in 0..d:  col[q] = panel[c][q*W : (q+1)*W]          (COLS vector loads)
+//                   for r: x = broadcast(z[i0 + r][c])         (ROWS broadcasts)
+//                          acc[r][q] += (col[q] - x)^2         (ROWS*COLS sub + fma)
+//
+// i.e. exact sums of (a - b)^2, never ||a||^2 + ||b||^2 - 2ab. A vector compare of the tile
+// against each row's current k-th key (one instruction per register) finds the rare candidates,
+// which a scalar insertion (core/kl_math.h) merges into the row's sorted top-k list. Columns
+// are visited in ascending order, so a later candidate with an equal key never displaces an
+// earlier one: the lower index wins ties.
+
+#include "search.h"
+
+namespace eae {
+namespace cpu {
+namespace EAE_ISA {
+
+// ---- SIMD wrappers: R is one register of W lanes; ROWS x COLS is the register tile. ----
+
+#if defined(EAE_ISA_AVX512)
+struct VecF32 {
+  using T = float;
+  using R = __m512;
+  static constexpr int W = 16, ROWS = 4, COLS = 3;
+  static R zero() { return _mm512_setzero_ps(); }
+  static R load(const T* p) { return _mm512_loadu_ps(p); }
+  static void store(T* p, R a) { _mm512_storeu_ps(p, a); }
+  static R set1(T x) { return _mm512_set1_ps(x); }
+  static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
+  static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static R abs(R a) { return _mm512_abs_ps(a); }
+  static R max(R a, R b) { return _mm512_max_ps(a, b); }
+  // bit l set where !(a[l] >= t[l]): below the threshold, or unordered (NaN)
+  static uint64_t below(R a, R t) { return _mm512_cmp_ps_mask(a, t, _CMP_NGE_UQ); }
+};
+struct VecF64 {
+  using T = double;
+  using R = __m512d;
+  static constexpr int W = 8, ROWS = 4, COLS = 3;
+  static R zero() { return _mm512_setzero_pd(); }
+  static R load(const T* p) { return _mm512_loadu_pd(p); }
+  static void store(T* p, R a) { _mm512_storeu_pd(p, a); }
+  static R set1(T x) { return _mm512_set1_pd(x); }
+  static R sub(R a, R b) { return _mm512_sub_pd(a, b); }
+  static R add(R a, R b) { return _mm512_add_pd(a, b); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
+  static R abs(R a) { return _mm512_abs_pd(a); }
+  static R max(R a, R b) { return _mm512_max_pd(a, b); }
+  static uint64_t below(R a, R t) { return _mm512_cmp_pd_mask(a, t, _CMP_NGE_UQ); }
+};
+#elif defined(EAE_ISA_AVX2)
+struct VecF32 {
+  using T = float;
+  using R = __m256;
+  static constexpr int W = 8, ROWS = 4, COLS = 2;
+  static R zero() { return _mm256_setzero_ps(); }
+  static R load(const T* p) { return _mm256_loadu_ps(p); }
+  static void store(T* p, R a) { _mm256_storeu_ps(p, a); }
+  static R set1(T x) { return _mm256_set1_ps(x); }
+  static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R abs(R a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static R max(R a, R b) { return _mm256_max_ps(a, b); }
+  static uint64_t below(R a, R t) {
+    return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, t, _CMP_NGE_UQ)));
+  }
+};
+struct VecF64 {
+  using T = double;
+  using R = __m256d;
+  static constexpr int W = 4, ROWS = 4, COLS = 2;
+  static R zero() { return _mm256_setzero_pd(); }
+  static R load(const T* p) { return _mm256_loadu_pd(p); }
+  static void store(T* p, R a) { _mm256_storeu_pd(p, a); }
+  static R set1(T x) { return _mm256_set1_pd(x); }
+  static R sub(R a, R b) { return _mm256_sub_pd(a, b); }
+  static R add(R a, R b) { return _mm256_add_pd(a, b); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  static R abs(R a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
+  static R max(R a, R b) { return _mm256_max_pd(a, b); }
+  static uint64_t below(R a, R t) {
+    return static_cast<uint32_t>(_mm256_movemask_pd(_mm256_cmp_pd(a, t, _CMP_NGE_UQ)));
+  }
+};
+#else
+template <class TT>
+struct VecScalar {
+  using T = TT;
+  using R = TT;
+  static constexpr int W = 1, ROWS = 4, COLS = 4;
+  static R zero() { return T(0); }
+  static R load(const T* p) { return *p; }
+  static void store(T* p, R a) { *p = a; }
+  static R set1(T x) { return x; }
+  static R sub(R a, R b) { return a - b; }
+  static R add(R a, R b) { return a + b; }
+  static R fma(R a, R b, R c) { return a * b + c; }
+  static R abs(R a) { return a < T(0) ? -a : a; }
+  static R max(R a, R b) { return a > b ? a : b; }
+  static uint64_t below(R a, R t) { return (a >= t) ? 0u : 1u; }
+};
+using VecF32 = VecScalar<float>;
+using VecF64 = VecScalar<double>;
+#endif
+
+template <class T> struct VecOf;
+template <> struct VecOf<float> { using type = VecF32; };
+template <> struct VecOf<double> { using type = VecF64; };
+
+// Rows processed together against one panel; their data and the panel stay in L1.
+constexpr int64_t kRowBlock = 64;
+
+template <class V, Norm N>
+EAE_HD void accumulate(typename V::R& acc, typename V::R diff) {
+  if (N == Norm::L2) acc = V::fma(diff, diff, acc);
+  else if (N == Norm::L1) acc = V::add(acc, V::abs(diff));
+  else acc = V::max(acc, V::abs(diff));
+}
+
+// The value a tile entry must be below to be a candidate for the row: the k-th key, or NaN while
+// the list still has empty slots (NaN makes every lane a candidate).
+template <class T>
+EAE_HD T candidate_threshold(const T* keys, const int64_t* idx, int64_t k, int64_t n) {
+  if (idx[k - 1] == n) return T(NAN);
+  const T key = keys[k - 1];
+  return key != key ? T(INFINITY) : key;
+}
+
+// Distances of RR rows (i0..i0+RR-1) to the PW columns of one panel; merges the candidates.
+template <class V, Norm N, int RR>
+EAE_HD void row_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64_t panel_index,
+                     typename V::T* thr) {
+  using T = typename V::T;
+  using R = typename V::R;
+  constexpr int W = V::W, CC = V::COLS, PW = V::W * V::COLS;
+  const int64_t d = a.d;
+  const T* rows = a.rows + i0 * d;
+  const T* panel = a.panels + panel_index * d * PW;
+
+  R acc[RR][CC];
+#pragma GCC unroll 8
+  for (int r = 0; r < RR; ++r)
+#pragma GCC unroll 8
+    for (int q = 0; q < CC; ++q) acc[r][q] = V::zero();
+
+  for (int64_t c = 0; c < d; ++c) {
+    R col[CC];
+#pragma GCC unroll 8
+    for (int q = 0; q < CC; ++q) col[q] = V::load(panel + c * PW + q * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < RR; ++r) {
+      const R x = V::set1(rows[r * d + c]);
+#pragma GCC unroll 8
+      for (int q = 0; q < CC; ++q) accumulate<V, N>(acc[r][q], V::sub(col[q], x));
+    }
+  }
+
+#pragma GCC unroll 8
+  for (int r = 0; r < RR; ++r) {
+    const R t = V::set1(thr[r]);
+    uint64_t mask = 0;
+#pragma GCC unroll 8
+    for (int q = 0; q < CC; ++q) mask |= V::below(acc[r][q], t) << (q * W);
+    if (!mask) continue;
+
+    // Rare path: merge each candidate lane, in ascending column order.
+    T tile[PW];
+    for (int q = 0; q < CC; ++q) V::store(tile + q * W, acc[r][q]);
+    const int64_t i = i0 + r;
+    T* keys = a.keys + (i - a.first_row) * a.k;
+    int64_t* idx = a.idx + (i - a.first_row) * a.k;
+    while (mask) {
+      const int lane = __builtin_ctzll(mask);
+      mask &= mask - 1;
+      const int64_t j = panel_index * PW + lane;
+      if (j >= a.n || j == i) continue;
+      const T key = (a.finite[i] && a.finite[j]) ? tile[lane] : T(NAN);
+      topk_insert(keys, idx, a.k, key, j);
+    }
+    thr[r] = candidate_threshold(keys, idx, a.k, a.n);
+  }
+}
+
+template <class V, Norm N>
+void search_rows_norm(const SearchArgs<typename V::T>& a, int64_t begin, int64_t end) {
+  using T = typename V::T;
+  constexpr int RR = V::ROWS, PW = V::W * V::COLS;
+  const int64_t num_panels = (a.n + PW - 1) / PW;
+  T thr[kRowBlock];
+  for (int64_t block = begin; block < end; block += kRowBlock) {
+    const int64_t block_end = (block + kRowBlock < end) ? block + kRowBlock : end;
+    for (int64_t i = block; i < block_end; ++i)
+      thr[i - block] = candidate_threshold(a.keys + (i - a.first_row) * a.k,
+                                           a.idx + (i - a.first_row) * a.k, a.k, a.n);
+    for (int64_t p = 0; p < num_panels; ++p) {
+      int64_t i0 = block;
+      for (; i0 + RR <= block_end; i0 += RR) row_tile<V, N, RR>(a, i0, p, thr + (i0 - block));
+      for (; i0 < block_end; ++i0) row_tile<V, N, 1>(a, i0, p, thr + (i0 - block));
+    }
+  }
+}
+
+template <class T>
+void search_rows(const SearchArgs<T>& a, int64_t begin, int64_t end) {
+  using V = typename VecOf<T>::type;
+  switch (a.norm) {
+    case Norm::L2: search_rows_norm<V, Norm::L2>(a, begin, end); break;
+    case Norm::L1: search_rows_norm<V, Norm::L1>(a, begin, end); break;
+    case Norm::Linf: search_rows_norm<V, Norm::Linf>(a, begin, end); break;
+  }
+}
+
+#define EAE_STRINGIFY2(x) #x
+#define EAE_STRINGIFY(x) EAE_STRINGIFY2(x)
+
+const SearchKernel<float>* kernel_f32() {
+  static const SearchKernel<float> kernel{EAE_STRINGIFY(EAE_ISA), VecF32::W * VecF32::COLS,
+                                          &search_rows<float>};
+  return &kernel;
+}
+const SearchKernel<double>* kernel_f64() {
+  static const SearchKernel<double> kernel{EAE_STRINGIFY(EAE_ISA), VecF64::W * VecF64::COLS,
+                                           &search_rows<double>};
+  return &kernel;
+}
+
+}  // namespace EAE_ISA
+}  // namespace cpu
+}  // namespace eae

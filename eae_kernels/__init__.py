@@ -1,0 +1,24 @@
+"""eae-kernels: a fused, differentiable Kozachenko–Leonenko entropy estimator.
+
+    from eae_kernels import kl_entropy, knn_distances, KLEntropy, reference
+
+    h = kl_entropy(z, k=1)          # 0-dim tensor, differentiable; O(N*d) memory
+    dist, idx = knn_distances(z, 5)  # (N, 5) ascending distances and int64 indices
+"""
+
+from . import reference
+from ._extension import available as extension_available
+from ._validate import DEFAULT_EPS
+from .modules import KLEntropy
+from .ops import kl_entropy, knn_distances
+
+__version__ = "0.1.0"
+__all__ = [
+    "kl_entropy",
+    "knn_distances",
+    "KLEntropy",
+    "reference",
+    "DEFAULT_EPS",
+    "extension_available",
+    "__version__",
+]

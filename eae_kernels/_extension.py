@@ -1,0 +1,48 @@
+"""Loads the compiled extension ``eae_kernels._C`` (which registers the ``torch.ops.eae_kernels``
+ops) and remembers why, if it could not be loaded, so that error messages can say so."""
+
+from __future__ import annotations
+
+import warnings
+
+try:
+    from . import _C  # noqa: F401  (importing registers the ops)
+
+    LOAD_ERROR: str | None = None
+except (ImportError, OSError) as exc:  # not built, or built against another torch
+    _C = None
+    LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+def available() -> bool:
+    """True when the compiled CPU kernels (and CUDA ones, if built) can be used."""
+    return _C is not None
+
+
+def with_cuda() -> bool:
+    """True when the extension was compiled with its CUDA kernels."""
+    return _C is not None and bool(_C.with_cuda)
+
+
+def unavailable_reason() -> str:
+    return (
+        "the compiled extension eae_kernels._C could not be loaded "
+        f"({LOAD_ERROR}); rebuild it with `pip install --no-build-isolation -e .` "
+        "against the torch you run"
+    )
+
+
+_warned_fallback = False
+
+
+def warn_fallback_once() -> None:
+    """backend='auto' without the extension: say once that the slow reference is used."""
+    global _warned_fallback
+    if not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(
+            f"eae_kernels: {unavailable_reason()}. backend='auto' falls back to the O(N^2)-memory "
+            "reference implementation (same results, much slower).",
+            RuntimeWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,268 @@
+"""The public ops: ``kl_entropy`` and ``knn_distances``, their backend choice, and their
+registration with ``torch.library`` (fake kernels for ``torch.compile``, autograd formulas).
+
+The compiled ops live in ``torch.ops.eae_kernels`` (schemas and CPU/CUDA kernels in
+``csrc/bindings.cpp``); this module only checks arguments, picks the backend and registers the
+Python-side pieces of the ops.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _extension, reference
+from ._validate import (
+    DEFAULT_EPS,
+    accumulation_dtype,
+    check_backend,
+    check_eps,
+    check_k,
+    check_p,
+    check_z,
+)
+
+__all__ = ["kl_entropy", "knn_distances"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend choice
+# ---------------------------------------------------------------------------------------------
+
+
+def _resolve_backend(backend: str, z: torch.Tensor) -> str:
+    """The backend that will run: 'cpu', 'cuda', 'triton' or 'reference'. Raises RuntimeError
+    with the reason when an explicitly requested backend cannot run on ``z``."""
+    backend = check_backend(backend)
+    device = z.device.type
+    if backend == "reference":
+        return "reference"
+    if backend == "auto":
+        if device == "cpu":
+            if _extension.available():
+                return "cpu"
+            _extension.warn_fallback_once()
+            return "reference"
+        return "reference"
+    if backend == "cpu":
+        if device != "cpu":
+            raise RuntimeError(f"backend='cpu' needs a CPU tensor; z is on {z.device}")
+        if not _extension.available():
+            raise RuntimeError(f"backend='cpu' is unavailable: {_extension.unavailable_reason()}")
+        return "cpu"
+    if backend == "cuda":
+        if device != "cuda":
+            raise RuntimeError(f"backend='cuda' needs a CUDA tensor; z is on {z.device}")
+        if not _extension.with_cuda():
+            raise RuntimeError(
+                "backend='cuda' is unavailable: eae_kernels._C was built without CUDA kernels "
+                "(it needs a CUDA build of torch and nvcc at install time)"
+            )
+        return "cuda"
+    raise RuntimeError(f"backend={backend!r} is not available in this build")
+
+
+# ---------------------------------------------------------------------------------------------
+# kl_entropy: the fused op
+# ---------------------------------------------------------------------------------------------
+
+
+def kl_entropy(
+    z: torch.Tensor,
+    k: int = 1,
+    *,
+    p: float = 2.0,
+    eps: float = DEFAULT_EPS,
+    backend: str = "auto",
+    deterministic: bool = False,
+) -> torch.Tensor:
+    r"""Kozachenko–Leonenko k-nearest-neighbour entropy of the rows of ``z``, in nats.
+
+    .. math::
+
+        H(z) = \psi(N) - \psi(k) + \log V_{d,p} + \frac{d}{N} \sum_i \tfrac12 \log(r_i^2 + \epsilon^2)
+
+    where :math:`r_i` is the p-norm distance from row i to its k-th nearest *other* row (ties
+    broken by the lower index), :math:`\psi` the digamma function and
+    :math:`\log V_{d,p} = d \log(2\Gamma(1 + 1/p)) - \log\Gamma(1 + d/p)` the log volume of the
+    unit p-ball in :math:`\mathbb{R}^d`.
+
+    The floor ``eps`` enters only as :math:`\tfrac12\log(r_i^2 + \epsilon^2)` in place of
+    :math:`\log r_i`: it keeps duplicate rows (:math:`r_i = 0`) finite, with a zero gradient,
+    and changes nothing measurable for distances far above it (the default, 1e-8, is below the
+    float32 spacing of values near 1). ``eps=0`` gives the bare estimator: -inf for duplicates.
+
+    With ``k=1, p=2`` this is the estimator of the entropic-autoencoder paper,
+    :math:`d \cdot \mathrm{mean}_i \log r_i + \log(N-1) + \log B_d + \gamma`, up to the constant
+    :math:`\psi(N) - \log(N-1)` (:math:`\approx -1/(2N)`); the gradients are identical.
+
+    Args:
+        z: (N, d) tensor, rows are samples; N > k. float32 or float64; float16 and bfloat16
+            inputs are computed in float32. Any strides (non-contiguous, expanded) are accepted.
+        k: neighbour order, an int >= 1.
+        p: the norm, 1, 2 or ``float('inf')``.
+        eps: distance floor, a real >= 0 (see above).
+        backend: ``"auto"`` (the fastest available for ``z.device``), ``"cpu"``, ``"cuda"``,
+            ``"triton"`` or ``"reference"`` (the naive O(N^2)-memory implementation).
+        deterministic: GPU backends: avoid float atomics so that the gradient is bit-identical
+            from run to run. The CPU backend is always deterministic.
+
+    Returns:
+        A 0-dim tensor: float32 for half inputs, else ``z``'s dtype. Differentiable: the forward
+        computes dH/dz in the same pass (when ``z`` requires grad) and the backward scales it.
+        NaN when ``z`` holds a NaN or inf. Twice differentiable (double backward gives the
+        Hessian-vector product with the neighbours held fixed).
+    """
+    k = check_k(k)
+    check_z(z, k)
+    p = check_p(p)
+    eps = check_eps(eps)
+    impl = _resolve_backend(backend, z)
+    if impl == "reference":
+        return reference.kl_entropy(z, k, p, eps)
+    compute_grad = bool(z.requires_grad and torch.is_grad_enabled())
+    h, _, _ = torch.ops.eae_kernels.kl_entropy(z, k, p, eps, compute_grad, bool(deterministic))
+    return h
+
+
+def _row_range(n, row_begin, row_end):
+    return row_begin, (n if row_end < 0 else row_end)
+
+
+def _kl_entropy_fake(z, k, p, eps, compute_grad, deterministic, row_begin=0, row_end=-1):
+    begin, end = _row_range(z.shape[0], row_begin, row_end)
+    h = z.new_empty((), dtype=accumulation_dtype(z.dtype))
+    grad = z.new_empty(z.shape) if compute_grad else z.new_empty((0,))
+    nbr = z.new_empty((end - begin,) if compute_grad else (0,), dtype=torch.int64)
+    return h, grad, nbr
+
+
+def _kl_entropy_setup_context(ctx, inputs, output):
+    z, _k, p, eps, compute_grad, _det, *row_range = inputs
+    _, grad, nbr = output
+    ctx.compute_grad = compute_grad
+    ctx.p, ctx.eps = p, eps
+    ctx.row_begin, _ = _row_range(z.shape[0], *row_range) if row_range else (0, -1)
+    ctx.save_for_backward(z, grad, nbr)
+
+
+def _kl_entropy_backward(ctx, grad_h, grad_of_grad, _grad_nbr):
+    if not ctx.compute_grad:
+        raise RuntimeError(
+            "eae_kernels.kl_entropy: the gradient was not computed in the forward pass because z "
+            "did not require grad (or grad mode was off) when kl_entropy was called"
+        )
+    z, grad, nbr = ctx.saved_tensors
+    grad_z = grad_h * grad
+    if grad_of_grad is not None:  # double backward: the gradient output was itself differentiated
+        vjp = _gradient_vjp(z, nbr, grad_of_grad, ctx.p, ctx.eps, ctx.row_begin)
+        grad_z = grad_z + vjp.to(grad_z.dtype)
+    return grad_z, None, None, None, None, None, None, None
+
+
+def _gradient_vjp(z, nbr, v, p, eps, row_begin=0):
+    """<v, d(dH/dz)/dz>: the Hessian-vector product of H, with each row's k-th neighbour held
+    fixed (the neighbour assignment is piecewise constant, so this is exact almost everywhere).
+
+    Row i contributes (d/N) * w(r_i) * dr_i/du to dH/dz_i (and the negative to its neighbour),
+    with u = z_i - z_{n_i}; so <v, .> contributes (d/N) <a, w(r) dr/du>, a = v_i - v_{n_i},
+    whose gradient in u is formed below for each norm. ``nbr`` holds the neighbours of rows
+    row_begin, row_begin + 1, ... O(N d) memory, plain torch ops (so it is differentiable again).
+    """
+    n, d = z.shape
+    dtype = accumulation_dtype(z.dtype)
+    z, v = z.to(dtype), v.to(dtype)
+    scale = d / n
+    rows = torch.arange(row_begin, row_begin + nbr.shape[0], device=z.device)
+    u = z[rows] - z[nbr]
+    a = v[rows] - v[nbr]
+    e2 = eps * eps
+    if p == 2.0:  # w dr/du = u / (|u|^2 + e2)
+        q = (u * u).sum(1, keepdim=True) + e2
+        grad_u = scale * (a / q - 2.0 * u * ((a * u).sum(1, keepdim=True) / (q * q)))
+    elif p == 1.0:  # w dr/du = r / (r^2 + e2) * sign(u), r = |u|_1
+        r = u.abs().sum(1, keepdim=True)
+        sign = torch.sign(u)
+        dw = (e2 - r * r) / (r * r + e2) ** 2
+        grad_u = scale * dw * (a * sign).sum(1, keepdim=True) * sign
+    else:  # inf: w dr/du = r / (r^2 + e2) * sign(u_m) e_m, m = the lowest arg-max of |u|
+        m = u.abs().argmax(1, keepdim=True)
+        u_m = u.gather(1, m)
+        r = u_m.abs()
+        dw = (e2 - r * r) / (r * r + e2) ** 2
+        grad_u = torch.zeros_like(u).scatter(1, m, scale * dw * a.gather(1, m) * torch.sign(u_m) ** 2)
+    return torch.zeros_like(z).index_add(0, rows, grad_u).index_add(0, nbr, -grad_u)
+
+
+# ---------------------------------------------------------------------------------------------
+# knn_distances
+# ---------------------------------------------------------------------------------------------
+
+
+def knn_distances(
+    z: torch.Tensor, k: int, *, p: float = 2.0, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest *other* rows of every row of ``z`` (N, d), without an N x N buffer.
+
+    Returns ``(dist, idx)``: (N, k) p-norm distances in ascending order (float32 for half
+    inputs, else ``z``'s dtype) and (N, k) int64 row indices; ties are broken by the lower index.
+    ``dist`` is differentiable with respect to ``z``. A row holding NaN or inf gets NaN
+    distances; every index is always a valid row.
+    """
+    k = check_k(k)
+    check_z(z, k)
+    p = check_p(p)
+    impl = _resolve_backend(backend, z)
+    if impl == "reference":
+        return reference.knn_distances(z, k, p)
+    return torch.ops.eae_kernels.knn(z, k, p)
+
+
+def _knn_fake(z, k, p):
+    n = z.shape[0]
+    dist = z.new_empty((n, k), dtype=accumulation_dtype(z.dtype))
+    idx = z.new_empty((n, k), dtype=torch.int64)
+    return dist, idx
+
+
+def _knn_setup_context(ctx, inputs, output):
+    z, _k, p = inputs
+    dist, idx = output
+    ctx.p = p
+    ctx.z_dtype = z.dtype
+    ctx.save_for_backward(z, dist, idx)
+
+
+def _knn_backward(ctx, grad_dist, _grad_idx):
+    """d dist[i, m] / d z: +u on row i and -u on row idx[i, m], u the unit direction of the norm."""
+    z, dist, idx = ctx.saved_tensors
+    n, d = z.shape
+    z = z.to(dist.dtype)
+    diff = z[:, None, :] - z[idx]  # (N, k, d), O(N k d) memory
+    if ctx.p == 2.0:
+        direction = diff / torch.where(dist > 0, dist, torch.ones_like(dist))[..., None]
+    elif ctx.p == 1.0:
+        direction = torch.sign(diff)
+    else:  # inf: only the lowest arg-max coordinate
+        m = diff.abs().argmax(dim=-1, keepdim=True)
+        direction = torch.zeros_like(diff).scatter_(-1, m, torch.sign(diff.gather(-1, m)))
+    g = grad_dist[..., None] * direction
+    grad = g.sum(dim=1).index_add(0, idx.reshape(-1), -g.reshape(-1, d))
+    return grad.to(ctx.z_dtype), None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration with torch.library (only when the compiled ops exist)
+# ---------------------------------------------------------------------------------------------
+
+if _extension.available():
+    torch.library.register_fake("eae_kernels::kl_entropy")(_kl_entropy_fake)
+    torch.library.register_autograd(
+        "eae_kernels::kl_entropy", _kl_entropy_backward, setup_context=_kl_entropy_setup_context
+    )
+    torch.library.register_fake("eae_kernels::knn")(_knn_fake)
+    torch.library.register_autograd("eae_kernels::knn", _knn_backward, setup_context=_knn_setup_context)
+
+# math.inf is accepted for p everywhere; keep the name visible for users reading the signature.
+INF = math.inf
