@@ -38,15 +38,28 @@ def cuda_wanted() -> bool:
     return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
 
 
+def openmp_flags():
+    """at::parallel_for is a header template: it runs in parallel only if *this* extension is
+    compiled with OpenMP. On Linux, libgomp.so.1 then resolves to the copy torch already loaded,
+    so torch.set_num_threads governs our loops too."""
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+        return ["-fopenmp"]
+    return []
+
+
 def extensions():
     cxx_flags = ["-O0", "-g"] if DEBUG else ["-O3"]
-    cxx_flags += ["-std=c++17", "-fvisibility=hidden"]
+    cxx_flags += ["-std=c++17", "-fvisibility=hidden"] + openmp_flags()
     sources = ["csrc/bindings.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(HERE, "csrc")]
     if not cuda_wanted():
         return [
             cpp_extension.CppExtension(
-                "eae_kernels._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags}
+                "eae_kernels._C",
+                sources,
+                include_dirs=include_dirs,
+                extra_compile_args={"cxx": cxx_flags},
+                extra_link_args=openmp_flags(),
             )
         ]
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -59,6 +72,7 @@ def extensions():
             include_dirs=include_dirs,
             define_macros=[("EAE_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_link_args=openmp_flags(),
         )
     ]
 

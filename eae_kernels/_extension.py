@@ -35,14 +35,16 @@ def unavailable_reason() -> str:
 _warned_fallback = False
 
 
-def warn_fallback_once() -> None:
-    """backend='auto' without the extension: say once that the slow reference is used."""
+def warn_fallback_once(device) -> None:
+    """backend='auto' found no fused kernel for ``device``: say once that the slow reference
+    implementation is used instead."""
     global _warned_fallback
     if not _warned_fallback:
         _warned_fallback = True
+        why = unavailable_reason() if _C is None else f"no fused backend is available for {device} tensors"
         warnings.warn(
-            f"eae_kernels: {unavailable_reason()}. backend='auto' falls back to the O(N^2)-memory "
-            "reference implementation (same results, much slower).",
+            f"eae_kernels: {why}. backend='auto' falls back to the O(N^2)-memory reference "
+            "implementation (same results, much slower).",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )

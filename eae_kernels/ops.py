@@ -8,8 +8,6 @@ Python-side pieces of the ops.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import _extension, reference
@@ -31,36 +29,69 @@ __all__ = ["kl_entropy", "knn_distances"]
 # ---------------------------------------------------------------------------------------------
 
 
-def _resolve_backend(backend: str, z: torch.Tensor) -> str:
-    """The backend that will run: 'cpu', 'cuda', 'triton' or 'reference'. Raises RuntimeError
-    with the reason when an explicitly requested backend cannot run on ``z``."""
-    backend = check_backend(backend)
-    device = z.device.type
+def _unavailable_reason(backend: str, z: torch.Tensor) -> str | None:
+    """Why ``backend`` cannot run on ``z``, or None when it can."""
     if backend == "reference":
-        return "reference"
-    if backend == "auto":
-        if device == "cpu":
-            if _extension.available():
-                return "cpu"
-            _extension.warn_fallback_once()
-            return "reference"
-        return "reference"
+        return None
     if backend == "cpu":
-        if device != "cpu":
-            raise RuntimeError(f"backend='cpu' needs a CPU tensor; z is on {z.device}")
-        if not _extension.available():
-            raise RuntimeError(f"backend='cpu' is unavailable: {_extension.unavailable_reason()}")
-        return "cpu"
+        if z.device.type != "cpu":
+            return f"it needs a CPU tensor; z is on {z.device}"
+        return None if _extension.available() else _extension.unavailable_reason()
     if backend == "cuda":
-        if device != "cuda":
-            raise RuntimeError(f"backend='cuda' needs a CUDA tensor; z is on {z.device}")
+        if z.device.type != "cuda":
+            return f"it needs a CUDA tensor; z is on {z.device}"
+        if not _extension.available():
+            return _extension.unavailable_reason()
         if not _extension.with_cuda():
-            raise RuntimeError(
-                "backend='cuda' is unavailable: eae_kernels._C was built without CUDA kernels "
-                "(it needs a CUDA build of torch and nvcc at install time)"
+            return (
+                "eae_kernels._C was built without its CUDA kernels (they are built when torch is a "
+                "CUDA build and nvcc is found at install time)"
             )
-        return "cuda"
-    raise RuntimeError(f"backend={backend!r} is not available in this build")
+        return None
+    if backend == "triton":
+        from . import triton_backend
+
+        return triton_backend.unavailable_reason(z)
+    raise AssertionError(backend)
+
+
+# Which backends backend="auto" tries, in order, for each device type.
+_AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}
+
+
+def _resolve_backend(backend: str, z: torch.Tensor) -> str:
+    """The backend that will run: 'cpu', 'cuda', 'triton' or 'reference'. An explicitly
+    requested backend that cannot run on ``z`` raises RuntimeError with the reason; 'auto' takes
+    the first available of _AUTO_ORDER and otherwise falls back to the reference (warning once)."""
+    backend = check_backend(backend)
+    if backend == "auto":
+        if z.device.type == "cpu" and _extension.available():  # the common case, first
+            return "cpu"
+        for candidate in _AUTO_ORDER.get(z.device.type, ()):
+            if _unavailable_reason(candidate, z) is None:
+                return candidate
+        _extension.warn_fallback_once(z.device)
+        return "reference"
+    reason = _unavailable_reason(backend, z)
+    if reason is not None:
+        raise RuntimeError(f"backend={backend!r} is unavailable: {reason}")
+    return backend
+
+
+def _kl_entropy_op(impl: str):
+    if impl == "triton":
+        from . import triton_backend
+
+        return triton_backend.kl_entropy_op()
+    return torch.ops.eae_kernels.kl_entropy
+
+
+def _knn_op(impl: str):
+    if impl == "triton":
+        from . import triton_backend
+
+        return triton_backend.knn_op()
+    return torch.ops.eae_kernels.knn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -76,6 +107,8 @@ def kl_entropy(
     eps: float = DEFAULT_EPS,
     backend: str = "auto",
     deterministic: bool = False,
+    group=None,
+    distributed: bool = False,
 ) -> torch.Tensor:
     r"""Kozachenko–Leonenko k-nearest-neighbour entropy of the rows of ``z``, in nats.
 
@@ -107,6 +140,11 @@ def kl_entropy(
             ``"triton"`` or ``"reference"`` (the naive O(N^2)-memory implementation).
         deterministic: GPU backends: avoid float atomics so that the gradient is bit-identical
             from run to run. The CPU backend is always deterministic.
+        group: a ``torch.distributed`` process group: estimate H over the *global* batch, the
+            concatenation of the rows of every rank in the group (see
+            ``eae_kernels.distributed``). Every rank gets the same H and the exact gradient for
+            its own rows.
+        distributed: ``True`` is ``group=`` the default process group.
 
     Returns:
         A 0-dim tensor: float32 for half inputs, else ``z``'s dtype. Differentiable: the forward
@@ -118,11 +156,15 @@ def kl_entropy(
     check_z(z, k)
     p = check_p(p)
     eps = check_eps(eps)
+    if group is not None or distributed:
+        from .distributed import global_kl_entropy
+
+        return global_kl_entropy(z, k, p=p, eps=eps, backend=backend, deterministic=deterministic, group=group)
     impl = _resolve_backend(backend, z)
     if impl == "reference":
         return reference.kl_entropy(z, k, p, eps)
     compute_grad = bool(z.requires_grad and torch.is_grad_enabled())
-    h, _, _ = torch.ops.eae_kernels.kl_entropy(z, k, p, eps, compute_grad, bool(deterministic))
+    h, _, _ = _kl_entropy_op(impl)(z, k, p, eps, compute_grad, bool(deterministic))
     return h
 
 
@@ -141,6 +183,9 @@ def _kl_entropy_fake(z, k, p, eps, compute_grad, deterministic, row_begin=0, row
 def _kl_entropy_setup_context(ctx, inputs, output):
     z, _k, p, eps, compute_grad, _det, *row_range = inputs
     _, grad, nbr = output
+    # Unused output gradients stay None (not zeros), so a plain backward skips the
+    # Hessian-vector product below.
+    ctx.set_materialize_grads(False)
     ctx.compute_grad = compute_grad
     ctx.p, ctx.eps = p, eps
     ctx.row_begin, _ = _row_range(z.shape[0], *row_range) if row_range else (0, -1)
@@ -154,7 +199,7 @@ def _kl_entropy_backward(ctx, grad_h, grad_of_grad, _grad_nbr):
             "did not require grad (or grad mode was off) when kl_entropy was called"
         )
     z, grad, nbr = ctx.saved_tensors
-    grad_z = grad_h * grad
+    grad_z = grad * grad_h if grad_h is not None else torch.zeros_like(grad)
     if grad_of_grad is not None:  # double backward: the gradient output was itself differentiated
         vjp = _gradient_vjp(z, nbr, grad_of_grad, ctx.p, ctx.eps, ctx.row_begin)
         grad_z = grad_z + vjp.to(grad_z.dtype)
@@ -216,7 +261,7 @@ def knn_distances(
     impl = _resolve_backend(backend, z)
     if impl == "reference":
         return reference.knn_distances(z, k, p)
-    return torch.ops.eae_kernels.knn(z, k, p)
+    return _knn_op(impl)(z, k, p)
 
 
 def _knn_fake(z, k, p):
@@ -263,6 +308,3 @@ if _extension.available():
     )
     torch.library.register_fake("eae_kernels::knn")(_knn_fake)
     torch.library.register_autograd("eae_kernels::knn", _knn_backward, setup_context=_knn_setup_context)
-
-# math.inf is accepted for p everywhere; keep the name visible for users reading the signature.
-INF = math.inf

@@ -89,11 +89,12 @@ EAE_HD bool knn_before(T key_a, int64_t idx_a, T key_b, int64_t idx_b) {
   return a < b || (a == b && idx_a < idx_b);
 }
 
-// Inserts (key, idx) into a row's list of the k best candidates, kept sorted by knn_before.
-// An empty slot holds (+inf, n) with n = number of rows, so any real candidate displaces it.
+// Inserts (key, idx) into a row's list of the k best candidates, kept sorted by knn_before;
+// returns whether it entered. An empty slot holds (+inf, n) with n = number of rows, so any
+// real candidate displaces it.
 template <class T>
-EAE_HD void topk_insert(T* keys, int64_t* idx, int64_t k, T key, int64_t j) {
-  if (!knn_before(key, j, keys[k - 1], idx[k - 1])) return;
+EAE_HD bool topk_insert(T* keys, int64_t* idx, int64_t k, T key, int64_t j) {
+  if (!knn_before(key, j, keys[k - 1], idx[k - 1])) return false;
   int64_t pos = k - 1;
   while (pos > 0 && knn_before(key, j, keys[pos - 1], idx[pos - 1])) {
     keys[pos] = keys[pos - 1];
@@ -102,6 +103,7 @@ EAE_HD void topk_insert(T* keys, int64_t* idx, int64_t k, T key, int64_t j) {
   }
   keys[pos] = key;
   idx[pos] = j;
+  return true;
 }
 
 }  // namespace eae

@@ -80,12 +80,13 @@ const SearchKernel<double>* kernel_for<double>(int isa) {
   return generic::kernel_f64();
 }
 
-// Chunks of rows per task: at least ~2M distance-coordinate operations, so that small batches
-// run on the calling thread and do not pay for waking the thread pool.
-int64_t rows_grain(int64_t n, int64_t d) {
-  const int64_t work_per_row = std::max<int64_t>(1, n * d);
-  return std::max<int64_t>(1, (int64_t{1} << 21) / work_per_row);
+// Items per parallel task, so that each task has at least `min_work` units of work: small
+// batches then run on the calling thread and do not pay for waking the thread pool.
+int64_t grain_for(int64_t work_per_item, int64_t min_work) {
+  return std::max<int64_t>(1, min_work / std::max<int64_t>(1, work_per_item));
 }
+constexpr int64_t kMinSearchWork = int64_t{1} << 20;  // distance-coordinate operations
+constexpr int64_t kMinCopyWork = int64_t{1} << 16;    // values copied or accumulated
 
 }  // namespace
 
@@ -115,7 +116,7 @@ void knn_search(const T* z, int64_t n, int64_t d, int64_t k, Norm norm, RowRange
   // becomes a candidate. Also flag rows that hold a NaN or inf.
   std::vector<T> panels(static_cast<size_t>(num_panels * d * pw));
   std::vector<uint8_t> finite(static_cast<size_t>(n));
-  pfor(num_panels, 1, [&](int64_t begin, int64_t end) {
+  pfor(num_panels, grain_for(d * pw, kMinCopyWork), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       T* panel = panels.data() + p * d * pw;
       for (int64_t w = 0; w < pw; ++w) {
@@ -136,7 +137,7 @@ void knn_search(const T* z, int64_t n, int64_t d, int64_t k, Norm norm, RowRange
   std::fill(idx, idx + m * k, n);  // empty slot: (+inf, n)
 
   const SearchArgs<T> args{z, panels.data(), finite.data(), n, d, k, norm, rows.begin, keys, idx};
-  pfor(m, rows_grain(n, d), [&](int64_t begin, int64_t end) {
+  pfor(m, grain_for(n * d, kMinSearchWork), [&](int64_t begin, int64_t end) {
     kernel->search_rows(args, rows.begin + begin, rows.begin + end);
   });
 }
@@ -217,7 +218,7 @@ double kl_entropy(const T* z, int64_t n, int64_t d, int64_t k, Norm norm, double
   for (int64_t r = 0; r < m; ++r) reverse[fill[nbr[r]]++] = r;
 
   const T scale_t = static_cast<T>(scale);
-  pfor(n, std::max<int64_t>(1, 4096 / d), [&](int64_t begin, int64_t end) {
+  pfor(n, grain_for(2 * d, kMinCopyWork), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       T* g = grad + i * d;
       const T* zi = z + i * d;

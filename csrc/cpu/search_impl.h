@@ -138,6 +138,16 @@ EAE_HD T candidate_threshold(const T* keys, const int64_t* idx, int64_t k, int64
   return key != key ? T(INFINITY) : key;
 }
 
+// Bit l set for each tile lane l (across the COLS registers of one row) below the threshold.
+template <class V>
+EAE_HD uint64_t candidate_lanes(const typename V::R* acc, typename V::T threshold) {
+  const typename V::R t = V::set1(threshold);
+  uint64_t mask = 0;
+#pragma GCC unroll 8
+  for (int q = 0; q < V::COLS; ++q) mask |= V::below(acc[q], t) << (q * V::W);
+  return mask;
+}
+
 // Distances of RR rows (i0..i0+RR-1) to the PW columns of one panel; merges the candidates.
 template <class V, Norm N, int RR>
 EAE_HD void row_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64_t panel_index,
@@ -169,13 +179,13 @@ EAE_HD void row_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64_t pan
 
 #pragma GCC unroll 8
   for (int r = 0; r < RR; ++r) {
-    const R t = V::set1(thr[r]);
-    uint64_t mask = 0;
-#pragma GCC unroll 8
-    for (int q = 0; q < CC; ++q) mask |= V::below(acc[r][q], t) << (q * W);
+    uint64_t mask = candidate_lanes<V>(acc[r], thr[r]);
     if (!mask) continue;
 
-    // Rare path: merge each candidate lane, in ascending column order.
+    // Rare path: merge each candidate lane, in ascending column order. Each insertion lowers
+    // the threshold, so the remaining lanes are filtered again (cheap, in registers): this keeps
+    // the first panels, where every lane starts as a candidate, from costing a scalar insertion
+    // per lane.
     T tile[PW];
     for (int q = 0; q < CC; ++q) V::store(tile + q * W, acc[r][q]);
     const int64_t i = i0 + r;
@@ -187,9 +197,11 @@ EAE_HD void row_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64_t pan
       const int64_t j = panel_index * PW + lane;
       if (j >= a.n || j == i) continue;
       const T key = (a.finite[i] && a.finite[j]) ? tile[lane] : T(NAN);
-      topk_insert(keys, idx, a.k, key, j);
+      if (topk_insert(keys, idx, a.k, key, j)) {
+        thr[r] = candidate_threshold(keys, idx, a.k, a.n);
+        mask &= candidate_lanes<V>(acc[r], thr[r]);
+      }
     }
-    thr[r] = candidate_threshold(keys, idx, a.k, a.n);
   }
 }
 
