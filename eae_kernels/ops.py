@@ -1,9 +1,9 @@
-"""The public ops: ``kl_entropy`` and ``knn_distances``, their backend choice, and their
-registration with ``torch.library`` (fake kernels for ``torch.compile``, autograd formulas).
+"""The public ops: ``kl_entropy`` and ``knn_distances``, their backend choice, and their fake
+(meta) kernels for ``torch.compile``.
 
-The compiled ops live in ``torch.ops.eae_kernels`` (schemas and CPU/CUDA kernels in
-``csrc/bindings.cpp``); this module only checks arguments, picks the backend and registers the
-Python-side pieces of the ops.
+The compiled ops live in ``torch.ops.eae_kernels``: schemas and CPU kernels in
+``csrc/bindings.cpp``, CUDA kernels in ``csrc/cuda/``, autograd in ``csrc/autograd.cpp``. This
+module checks arguments, picks the backend and registers the fake kernels.
 """
 
 from __future__ import annotations
@@ -168,76 +168,12 @@ def kl_entropy(
     return h
 
 
-def _row_range(n, row_begin, row_end):
-    return row_begin, (n if row_end < 0 else row_end)
-
-
 def _kl_entropy_fake(z, k, p, eps, compute_grad, deterministic, row_begin=0, row_end=-1):
-    begin, end = _row_range(z.shape[0], row_begin, row_end)
+    begin, end = row_begin, (z.shape[0] if row_end < 0 else row_end)
     h = z.new_empty((), dtype=accumulation_dtype(z.dtype))
     grad = z.new_empty(z.shape) if compute_grad else z.new_empty((0,))
     nbr = z.new_empty((end - begin,) if compute_grad else (0,), dtype=torch.int64)
     return h, grad, nbr
-
-
-def _kl_entropy_setup_context(ctx, inputs, output):
-    z, _k, p, eps, compute_grad, _det, *row_range = inputs
-    _, grad, nbr = output
-    # Unused output gradients stay None (not zeros), so a plain backward skips the
-    # Hessian-vector product below.
-    ctx.set_materialize_grads(False)
-    ctx.compute_grad = compute_grad
-    ctx.p, ctx.eps = p, eps
-    ctx.row_begin, _ = _row_range(z.shape[0], *row_range) if row_range else (0, -1)
-    ctx.save_for_backward(z, grad, nbr)
-
-
-def _kl_entropy_backward(ctx, grad_h, grad_of_grad, _grad_nbr):
-    if not ctx.compute_grad:
-        raise RuntimeError(
-            "eae_kernels.kl_entropy: the gradient was not computed in the forward pass because z "
-            "did not require grad (or grad mode was off) when kl_entropy was called"
-        )
-    z, grad, nbr = ctx.saved_tensors
-    grad_z = grad * grad_h if grad_h is not None else torch.zeros_like(grad)
-    if grad_of_grad is not None:  # double backward: the gradient output was itself differentiated
-        vjp = _gradient_vjp(z, nbr, grad_of_grad, ctx.p, ctx.eps, ctx.row_begin)
-        grad_z = grad_z + vjp.to(grad_z.dtype)
-    return grad_z, None, None, None, None, None, None, None
-
-
-def _gradient_vjp(z, nbr, v, p, eps, row_begin=0):
-    """<v, d(dH/dz)/dz>: the Hessian-vector product of H, with each row's k-th neighbour held
-    fixed (the neighbour assignment is piecewise constant, so this is exact almost everywhere).
-
-    Row i contributes (d/N) * w(r_i) * dr_i/du to dH/dz_i (and the negative to its neighbour),
-    with u = z_i - z_{n_i}; so <v, .> contributes (d/N) <a, w(r) dr/du>, a = v_i - v_{n_i},
-    whose gradient in u is formed below for each norm. ``nbr`` holds the neighbours of rows
-    row_begin, row_begin + 1, ... O(N d) memory, plain torch ops (so it is differentiable again).
-    """
-    n, d = z.shape
-    dtype = accumulation_dtype(z.dtype)
-    z, v = z.to(dtype), v.to(dtype)
-    scale = d / n
-    rows = torch.arange(row_begin, row_begin + nbr.shape[0], device=z.device)
-    u = z[rows] - z[nbr]
-    a = v[rows] - v[nbr]
-    e2 = eps * eps
-    if p == 2.0:  # w dr/du = u / (|u|^2 + e2)
-        q = (u * u).sum(1, keepdim=True) + e2
-        grad_u = scale * (a / q - 2.0 * u * ((a * u).sum(1, keepdim=True) / (q * q)))
-    elif p == 1.0:  # w dr/du = r / (r^2 + e2) * sign(u), r = |u|_1
-        r = u.abs().sum(1, keepdim=True)
-        sign = torch.sign(u)
-        dw = (e2 - r * r) / (r * r + e2) ** 2
-        grad_u = scale * dw * (a * sign).sum(1, keepdim=True) * sign
-    else:  # inf: w dr/du = r / (r^2 + e2) * sign(u_m) e_m, m = the lowest arg-max of |u|
-        m = u.abs().argmax(1, keepdim=True)
-        u_m = u.gather(1, m)
-        r = u_m.abs()
-        dw = (e2 - r * r) / (r * r + e2) ** 2
-        grad_u = torch.zeros_like(u).scatter(1, m, scale * dw * a.gather(1, m) * torch.sign(u_m) ** 2)
-    return torch.zeros_like(z).index_add(0, rows, grad_u).index_add(0, nbr, -grad_u)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,40 +207,12 @@ def _knn_fake(z, k, p):
     return dist, idx
 
 
-def _knn_setup_context(ctx, inputs, output):
-    z, _k, p = inputs
-    dist, idx = output
-    ctx.p = p
-    ctx.z_dtype = z.dtype
-    ctx.save_for_backward(z, dist, idx)
-
-
-def _knn_backward(ctx, grad_dist, _grad_idx):
-    """d dist[i, m] / d z: +u on row i and -u on row idx[i, m], u the unit direction of the norm."""
-    z, dist, idx = ctx.saved_tensors
-    n, d = z.shape
-    z = z.to(dist.dtype)
-    diff = z[:, None, :] - z[idx]  # (N, k, d), O(N k d) memory
-    if ctx.p == 2.0:
-        direction = diff / torch.where(dist > 0, dist, torch.ones_like(dist))[..., None]
-    elif ctx.p == 1.0:
-        direction = torch.sign(diff)
-    else:  # inf: only the lowest arg-max coordinate
-        m = diff.abs().argmax(dim=-1, keepdim=True)
-        direction = torch.zeros_like(diff).scatter_(-1, m, torch.sign(diff.gather(-1, m)))
-    g = grad_dist[..., None] * direction
-    grad = g.sum(dim=1).index_add(0, idx.reshape(-1), -g.reshape(-1, d))
-    return grad.to(ctx.z_dtype), None, None
-
-
 # ---------------------------------------------------------------------------------------------
 # Registration with torch.library (only when the compiled ops exist)
 # ---------------------------------------------------------------------------------------------
 
+# The autograd formulas are registered in C++ (csrc/autograd.cpp); the fake kernels, which
+# torch.compile uses to trace shapes, here.
 if _extension.available():
     torch.library.register_fake("eae_kernels::kl_entropy")(_kl_entropy_fake)
-    torch.library.register_autograd(
-        "eae_kernels::kl_entropy", _kl_entropy_backward, setup_context=_kl_entropy_setup_context
-    )
     torch.library.register_fake("eae_kernels::knn")(_knn_fake)
-    torch.library.register_autograd("eae_kernels::knn", _knn_backward, setup_context=_knn_setup_context)
