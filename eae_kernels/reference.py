@@ -40,9 +40,14 @@ def kl_constant(n: int, d: int, k: int, p: float) -> float:
     return _digamma(n) - _digamma(k) + log_unit_ball_volume(d, p)
 
 
-def _distance_matrix(z: torch.Tensor, p: float) -> torch.Tensor:
-    """N x N p-norm distances with +inf on the diagonal (a row is never its own neighbour)."""
-    dist = torch.cdist(z, z, p=p)
+def _distance_matrix(z: torch.Tensor, p: float, exact: bool) -> torch.Tensor:
+    """N x N p-norm distances with +inf on the diagonal (a row is never its own neighbour).
+
+    ``exact=False`` is torch.cdist's default, which for p=2 and N > 25 uses the matrix-product
+    form ||a||^2 + ||b||^2 - 2<a, b> and loses the precision of close rows; ``exact=True`` sums
+    squared differences (slower; the test suite's ground truth)."""
+    mode = "donot_use_mm_for_euclid_dist" if exact else "use_mm_for_euclid_dist_if_necessary"
+    dist = torch.cdist(z, z, p=p, compute_mode=mode)
     eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
     return dist.masked_fill(eye, math.inf)
 
@@ -64,11 +69,14 @@ def _kth_neighbour(dist: torch.Tensor, k: int) -> torch.Tensor:
     return nbr
 
 
-def kl_entropy(z: torch.Tensor, k: int = 1, p: float = 2.0, eps: float = DEFAULT_EPS) -> torch.Tensor:
+def kl_entropy(
+    z: torch.Tensor, k: int = 1, p: float = 2.0, eps: float = DEFAULT_EPS, *, exact: bool = False
+) -> torch.Tensor:
     """Kozachenko–Leonenko entropy of the rows of ``z`` (N, d), in nats, by the naive method.
 
     Half-precision inputs are computed in float32 (the result is float32, the gradient has the
-    input's dtype). Differentiable through autograd.
+    input's dtype). Differentiable through autograd. ``exact``: see ``_distance_matrix`` (the
+    default is what a user would write; the tests use ``exact=True``).
     """
     k = check_k(k)
     check_z(z, k)
@@ -76,14 +84,16 @@ def kl_entropy(z: torch.Tensor, k: int = 1, p: float = 2.0, eps: float = DEFAULT
     eps = check_eps(eps)
     n, d = z.shape
     z = z.to(accumulation_dtype(z.dtype))
-    dist = _distance_matrix(z, p)
+    dist = _distance_matrix(z, p, exact)
     nbr = _kth_neighbour(dist, k)
     r = dist.gather(1, nbr[:, None]).squeeze(1)
     log_r = 0.5 * torch.log(r * r + eps * eps)
     return kl_constant(n, d, k, p) + (d / n) * log_r.sum()
 
 
-def knn_distances(z: torch.Tensor, k: int, p: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_distances(
+    z: torch.Tensor, k: int, p: float = 2.0, *, exact: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Brute-force k nearest other rows: (N, k) distances ascending and (N, k) int64 indices.
 
     Ties are broken by the lower index (stable sort of the full distance matrix).
@@ -92,6 +102,6 @@ def knn_distances(z: torch.Tensor, k: int, p: float = 2.0) -> tuple[torch.Tensor
     check_z(z, k)
     p = check_p(p)
     z = z.to(accumulation_dtype(z.dtype))
-    dist = _distance_matrix(z, p)
+    dist = _distance_matrix(z, p, exact)
     order = torch.sort(dist.detach(), dim=1, stable=True).indices[:, :k]
     return dist.gather(1, order), order

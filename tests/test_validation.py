@@ -1,0 +1,130 @@
+"""Bad input raises a clear TypeError/ValueError that names the argument and what is accepted."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import eae_kernels
+from eae_kernels import KLEntropy, kl_entropy, knn_distances, reference
+
+GOOD = torch.randn(10, 3)
+
+BAD_CALLS = [
+    # (description, call, exception, words the message must contain)
+    ("1-D input", lambda f: f(torch.randn(10)), ValueError, ["z", "2-D", "(N, d)"]),
+    ("3-D input", lambda f: f(torch.randn(2, 10, 3)), ValueError, ["z", "2-D"]),
+    ("N <= k", lambda f: f(torch.randn(3, 2), k=3), ValueError, ["N=3", "k=3", "N > k"]),
+    ("N = 1", lambda f: f(torch.randn(1, 2)), ValueError, ["N=1", "N > k"]),
+    ("d = 0", lambda f: f(torch.randn(10, 0)), ValueError, ["z", "d >= 1"]),
+    ("int dtype", lambda f: f(torch.ones(10, 3, dtype=torch.int64)), TypeError, ["z", "float32", "int64"]),
+    ("bool dtype", lambda f: f(torch.ones(10, 3, dtype=torch.bool)), TypeError, ["z", "torch.bool"]),
+    ("complex dtype", lambda f: f(torch.ones(10, 3, dtype=torch.complex64)), TypeError, ["z", "complex64"]),
+    ("not a tensor", lambda f: f([[0.0, 1.0], [1.0, 2.0]]), TypeError, ["z", "torch.Tensor", "list"]),
+    ("k = 0", lambda f: f(GOOD, k=0), ValueError, ["k", ">= 1"]),
+    ("k < 0", lambda f: f(GOOD, k=-2), ValueError, ["k", ">= 1"]),
+    ("k float", lambda f: f(GOOD, k=1.5), TypeError, ["k", "int"]),
+    ("k bool", lambda f: f(GOOD, k=True), TypeError, ["k", "int"]),
+    ("p = 3", lambda f: f(GOOD, p=3), ValueError, ["p", "1, 2 or float('inf')"]),
+    ("p = 0.5", lambda f: f(GOOD, p=0.5), ValueError, ["p", "1, 2"]),
+    ("p string", lambda f: f(GOOD, p="inf"), TypeError, ["p", "float('inf')"]),
+    ("p = -inf", lambda f: f(GOOD, p=-math.inf), ValueError, ["p"]),
+]
+
+EPS_AND_BACKEND_CALLS = [
+    ("negative eps", lambda f: f(GOOD, eps=-1e-3), ValueError, ["eps", ">= 0"]),
+    ("nan eps", lambda f: f(GOOD, eps=math.nan), ValueError, ["eps", "finite"]),
+    ("eps string", lambda f: f(GOOD, eps="small"), TypeError, ["eps", "real number"]),
+    ("unknown backend", lambda f: f(GOOD, backend="numpy"), ValueError, ["backend", "'auto'", "'cpu'", "'numpy'"]),
+]
+
+
+def _kl(z, k=1, **kw):
+    return kl_entropy(z, k, **kw)
+
+
+def _knn(z, k=1, **kw):
+    return knn_distances(z, k, **kw)
+
+
+def _ref_kl(z, k=1, p=2.0, **kw):
+    return reference.kl_entropy(z, k, p, **kw)
+
+
+def _module(z, k=1, **kw):
+    return KLEntropy(k=k, **kw)(z)
+
+
+def _check(call, fn, exc, words):
+    with pytest.raises(exc) as info:
+        call(fn)
+    message = str(info.value)
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+
+
+@pytest.mark.parametrize("desc,call,exc,words", BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+@pytest.mark.parametrize("fn", [_kl, _knn, _ref_kl, _module], ids=["kl_entropy", "knn_distances", "reference", "KLEntropy"])
+def test_bad_input_raises_a_clear_error(desc, call, exc, words, fn):
+    _check(call, fn, exc, words)
+
+
+@pytest.mark.parametrize("desc,call,exc,words", EPS_AND_BACKEND_CALLS, ids=[c[0] for c in EPS_AND_BACKEND_CALLS])
+@pytest.mark.parametrize("fn", [_kl, _module], ids=["kl_entropy", "KLEntropy"])
+def test_bad_eps_or_backend_raises_a_clear_error(desc, call, exc, words, fn):
+    _check(call, fn, exc, words)
+
+
+def test_unavailable_backends_say_why():
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="backend='cuda' is unavailable: it needs a CUDA tensor"):
+            kl_entropy(GOOD, backend="cuda")
+    with pytest.raises(RuntimeError, match="backend='triton' is unavailable"):
+        import os
+
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            pytest.skip("TRITON_INTERPRET=1 makes the triton backend run on CPU tensors")
+        kl_entropy(GOOD, backend="triton")
+
+
+def test_direct_op_calls_are_checked_too():
+    """Callers of torch.ops.eae_kernels.* bypass the Python checks; the C++ ones still hold."""
+    op = torch.ops.eae_kernels.kl_entropy
+    with pytest.raises(RuntimeError, match="N > k"):
+        op(torch.randn(3, 2), 3, 2.0, 1e-8, False, False)
+    with pytest.raises(RuntimeError, match="p must be 1, 2 or inf"):
+        op(torch.randn(5, 2), 1, 3.0, 1e-8, False, False)
+    with pytest.raises(RuntimeError, match="row_begin"):
+        op(torch.randn(5, 2), 1, 2.0, 1e-8, False, False, 4, 2)
+    with pytest.raises(RuntimeError, match="eps must be >= 0"):
+        op(torch.randn(5, 2), 1, 2.0, -1.0, False, False)
+
+
+def test_fallback_without_extension_warns_once_and_cpu_backend_raises(monkeypatch):
+    from eae_kernels import _extension
+
+    monkeypatch.setattr(_extension, "_C", None)
+    monkeypatch.setattr(_extension, "LOAD_ERROR", "ImportError: simulated")
+    monkeypatch.setattr(_extension, "_warned_fallback", False)
+    z = torch.randn(20, 3, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="falls back to the O\\(N\\^2\\)-memory reference"):
+        h = kl_entropy(z)
+    assert h.item() == pytest.approx(reference.kl_entropy(z).item(), rel=1e-12)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second call must not warn again
+        kl_entropy(z)
+    with pytest.raises(RuntimeError, match="backend='cpu' is unavailable: .*simulated"):
+        kl_entropy(z, backend="cpu")
+
+
+def test_eps_zero_is_the_bare_estimator():
+    z = torch.randn(50, 4, dtype=torch.float64)
+    h0 = kl_entropy(z, eps=0.0).item()
+    assert h0 == pytest.approx(reference.kl_entropy(z, eps=0.0).item(), rel=1e-12)
+    dup = torch.cat([z, z[:1]])
+    assert kl_entropy(dup, eps=0.0).item() == -math.inf
+    assert eae_kernels.DEFAULT_EPS == 1e-8
