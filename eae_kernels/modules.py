@@ -21,6 +21,8 @@ class KLEntropy(nn.Module):
         eps: float = DEFAULT_EPS,
         backend: str = "auto",
         deterministic: bool = False,
+        group=None,
+        distributed: bool = False,
     ) -> None:
         super().__init__()
         self.k = check_k(k)
@@ -28,11 +30,21 @@ class KLEntropy(nn.Module):
         self.eps = check_eps(eps)
         self.backend = check_backend(backend)
         self.deterministic = bool(deterministic)
+        self.group = group
+        self.distributed = bool(distributed)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return kl_entropy(
-            z, self.k, p=self.p, eps=self.eps, backend=self.backend, deterministic=self.deterministic
+            z,
+            self.k,
+            p=self.p,
+            eps=self.eps,
+            backend=self.backend,
+            deterministic=self.deterministic,
+            group=self.group,
+            distributed=self.distributed,
         )
 
     def extra_repr(self) -> str:
-        return f"k={self.k}, p={self.p}, eps={self.eps}, backend={self.backend!r}"
+        extra = ", distributed=True" if (self.distributed or self.group is not None) else ""
+        return f"k={self.k}, p={self.p}, eps={self.eps}, backend={self.backend!r}{extra}"

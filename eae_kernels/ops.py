@@ -142,8 +142,10 @@ def kl_entropy(
             from run to run. The CPU backend is always deterministic.
         group: a ``torch.distributed`` process group: estimate H over the *global* batch, the
             concatenation of the rows of every rank in the group (see
-            ``eae_kernels.distributed``). Every rank gets the same H and the exact gradient for
-            its own rows.
+            ``eae_kernels.distributed``). Every rank gets the same H; backward gives each rank
+            the gradient of the sum of every rank's loss with respect to its rows, which DDP's
+            averaging turns into the single-process gradient on the global batch. Every rank
+            must call it and backpropagate through it.
         distributed: ``True`` is ``group=`` the default process group.
 
     Returns:
@@ -153,13 +155,13 @@ def kl_entropy(
         Hessian-vector product with the neighbours held fixed).
     """
     k = check_k(k)
-    check_z(z, k)
     p = check_p(p)
     eps = check_eps(eps)
-    if group is not None or distributed:
+    if group is not None or distributed:  # N > k is checked on the global batch there
         from .distributed import global_kl_entropy
 
         return global_kl_entropy(z, k, p=p, eps=eps, backend=backend, deterministic=deterministic, group=group)
+    check_z(z, k)
     impl = _resolve_backend(backend, z)
     if impl == "reference":
         return reference.kl_entropy(z, k, p, eps)
