@@ -1,0 +1,429 @@
+"""The Triton backend (``backend="triton"``): the fused entropy and k-NN ops on Triton kernels.
+
+The kernels are in ``triton_kernels.py``; this module holds the op glue ``ops.py`` uses:
+
+    unavailable_reason(z) -> str | None   why the backend cannot run on z (None: it can)
+    kl_entropy_op()  -> the op  (z, k, p, eps, compute_grad, deterministic, row_begin=0,
+                                 row_end=-1) -> (h, dh/dz, nbr), as torch.ops.eae_kernels.kl_entropy
+    knn_op()         -> the op  (z, k, p) -> (dist, idx), as torch.ops.eae_kernels.knn
+
+The ops are registered on first use as ``torch.ops.eae_kernels.kl_entropy_triton`` and
+``torch.ops.eae_kernels.knn_triton`` with ``torch.library.triton_op`` (so ``torch.compile`` sees
+the kernels) or, on torch versions without it, ``torch.library.custom_op``. Their autograd is
+the C++ ops' (csrc/autograd.cpp): backward = grad_h * dh/dz, double backward adds
+``kl_entropy_hvp``; knn's backward is ``knn_backward``. Importing this module is cheap and works
+without triton: triton is imported on first use.
+
+How a kl_entropy call runs (N rows, M = row_end - row_begin of them in the range):
+
+* small batches (N <= 1024, d <= 256 and M*N*d <= SMALL_BATCH_MAX_WORK): one launch of a
+  one-program kernel computes H and the whole gradient, without atomics (always deterministic)
+  and without any tensor but the outputs;
+* otherwise: a search kernel over row blocks (per-row log terms, the neighbour list and, with
+  deterministic=False, the gradient by float atomics into a zeroed output), a one-program
+  kernel that sums the terms into H in a fixed order, and with deterministic=True (or half
+  inputs) a gather kernel that builds the gradient from the neighbour list without atomics.
+  The only tensor besides the outputs is the (M,) float64 buffer of log terms.
+
+Every launch goes to the current CUDA stream; nothing synchronises with the host after the first
+call for a given shape class (which compiles and autotunes), so warm calls can be captured in a
+CUDA graph. On CPU tensors the kernels run in Triton's interpreter when TRITON_INTERPRET=1 is set
+before triton is first imported (for tests; slow), with fixed block sizes instead of autotuning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import struct
+from types import SimpleNamespace
+
+import torch
+
+from ._validate import accumulation_dtype, check_eps, check_k, check_p, check_z, HALF_DTYPES
+from .reference import log_unit_ball_volume
+
+__all__ = ["unavailable_reason", "kl_entropy_op", "knn_op", "SMALL_BATCH_MAX_WORK"]
+
+# The small-batch path runs everything in one program (one SM): it wins while launch overhead
+# dominates. Bounds of the paper's regime, and a work bound (pair-coordinates, M*N*d) beyond
+# which the multi-program path is faster. 2**22 (N = 256, d = 64) is an estimate from the
+# H100's per-SM fp32 rate, not a measurement: tune it on the GPU.
+SMALL_BATCH_MAX_ROWS = 1024
+SMALL_BATCH_MAX_DIM = 256
+SMALL_BATCH_MAX_WORK = 1 << 22
+
+_NORM_CODES = {1.0: 1, 2.0: 2, math.inf: 0}  # triton_kernels.NORM_*
+
+
+# ---------------------------------------------------------------------------------------------
+# Availability
+# ---------------------------------------------------------------------------------------------
+
+
+def _interpret_requested() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# torch.compile runs the assume_constant_result functions eagerly while tracing and keeps their
+# (constant) results, so a first call inside a compiled region neither breaks the graph nor
+# traces the registration.
+@torch.compiler.assume_constant_result
+def _triton_import_error() -> str | None:
+    global _TRITON_IMPORT_ERROR
+    if _TRITON_IMPORT_ERROR is None:
+        _TRITON_IMPORT_ERROR = _try_import_triton()
+    return _TRITON_IMPORT_ERROR or None
+
+
+_TRITON_IMPORT_ERROR: str | None = None  # "" once triton imported fine
+
+
+def _try_import_triton() -> str:
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install
+        return f"triton could not be imported ({type(exc).__name__}: {exc}); install it with `pip install triton`"
+    return ""
+
+
+def unavailable_reason(z: torch.Tensor) -> str | None:
+    """Why the Triton backend cannot run on ``z``, or None when it can: it needs triton and a
+    CUDA tensor, or a CPU tensor with TRITON_INTERPRET=1 (Triton's interpreter, for tests)."""
+    if z.device.type == "cuda" or (z.device.type == "cpu" and _interpret_requested()):
+        return _triton_import_error()
+    return f"triton backend needs a CUDA tensor or TRITON_INTERPRET=1; z is on {z.device}"
+
+
+def kl_entropy_op():
+    """The Triton kl_entropy op, same signature and semantics as torch.ops.eae_kernels.kl_entropy."""
+    _ensure_registered()
+    return torch.ops.eae_kernels.kl_entropy_triton.default
+
+
+def knn_op():
+    """The Triton knn op, same signature and semantics as torch.ops.eae_kernels.knn."""
+    _ensure_registered()
+    return torch.ops.eae_kernels.knn_triton.default
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _f64_bits(x: float) -> int:
+    """A float64 as its int64 bit pattern (Triton would pass a Python float as float32)."""
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
+
+
+def _digamma_int(n: int) -> float:
+    """psi(n) for a positive integer, as csrc/core/kl_math.h computes it."""
+    if n < 20:
+        return -0.57721566490153286060651209008240243 + math.fsum(1.0 / j for j in range(1, n))
+    x = float(n)
+    x2 = 1.0 / (x * x)
+    return math.log(x) - 0.5 / x - x2 * (1 / 12 - x2 * (1 / 120 - x2 * (1 / 252 - x2 * (1 / 240 - x2 / 132))))
+
+
+@functools.lru_cache(maxsize=256)
+def _kl_constant(n: int, d: int, k: int, p: float) -> float:
+    """psi(N) - psi(k) + log V(d, p), in pure Python (no tensor: this runs inside traced ops)."""
+    return _digamma_int(n) - _digamma_int(k) + log_unit_ball_volume(d, p)
+
+
+def _check_row_range(n: int, row_begin: int, row_end: int) -> tuple[int, int]:
+    end = n if row_end < 0 else row_end
+    if not 0 <= row_begin <= end <= n:
+        raise ValueError(
+            f"row_begin and row_end must satisfy 0 <= row_begin <= row_end <= N (row_end=-1 means N); "
+            f"got row_begin={row_begin}, row_end={row_end}, N={n}"
+        )
+    return row_begin, end
+
+
+def _device_guard(z: torch.Tensor):
+    return torch.cuda.device(z.device) if z.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel launchers: autotuned on the GPU, fixed block sizes in the interpreter
+# ---------------------------------------------------------------------------------------------
+
+# Block sizes in the interpreter (CPU tests): small, so that small test inputs still span
+# several row blocks and column tiles. Tests may change them (e.g. BLOCK_D to 4).
+INTERPRETER_SEARCH_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 1}
+
+
+def _search_configs(triton, large_k: bool):
+    """Candidate configurations for the search kernels (autotuned per d-, k- and N-class).
+    BLOCK_D = 1 is the rank-1-update inner loop, 4 and 8 the 3-D chunked one."""
+    if large_k:  # KP > 8: the (BLOCK_M, KP) lists need registers too
+        shapes = [(16, 32, 1, 4), (16, 64, 1, 4), (32, 32, 1, 4), (32, 64, 1, 8), (16, 32, 4, 4)]
+    else:
+        shapes = [
+            (32, 32, 1, 4), (64, 32, 1, 4), (64, 64, 1, 4), (64, 64, 1, 8), (128, 64, 1, 8),
+            (64, 128, 1, 8), (128, 128, 1, 8), (32, 32, 4, 4), (64, 32, 4, 4), (32, 32, 8, 4),
+        ]  # fmt: skip
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": bd}, num_warps=w, num_stages=1)
+        for m, n, bd, w in shapes
+    ]
+
+
+def _small_configs(triton, large_k: bool):
+    """Candidate configurations for the one-program small-batch kernel."""
+    if large_k:
+        shapes = [(16, 32, 1, 4), (16, 64, 1, 4), (32, 32, 1, 8)]
+    else:
+        shapes = [(16, 32, 1, 4), (32, 32, 1, 4), (32, 64, 1, 8), (64, 64, 1, 8), (32, 32, 4, 4)]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": bd}, num_warps=w, num_stages=1)
+        for m, n, bd, w in shapes
+    ]
+
+
+@functools.cache
+def _kernels() -> SimpleNamespace:
+    """The launchable kernels: autotuned on the GPU (once per N-class, d, k, norm and dtype); in
+    interpreter mode the plain kernels, to which the callers pass INTERPRETER_SEARCH_CONFIG."""
+    import triton
+
+    from . import triton_kernels as tk
+
+    if _interpret_requested():
+        plain = SimpleNamespace(knn=tk._knn_kernel, search=tk._kl_search_kernel, small=tk._kl_small_kernel)
+        return SimpleNamespace(tuned=False, small_k=plain, large_k=plain, sum_terms=tk._sum_terms_kernel,
+                               gather=tk._kl_gather_kernel)  # fmt: skip
+
+    key = ["n_bucket", "d", "K", "NORM"]  # the Autotuner adds the tensors' dtypes
+
+    def tuned(large_k: bool) -> SimpleNamespace:
+        configs = _search_configs(triton, large_k)
+        return SimpleNamespace(
+            knn=triton.autotune(configs=configs, key=key)(tk._knn_kernel),
+            # The atomic variant adds into grad: benchmarking runs must start from zeros.
+            search=triton.autotune(configs=configs, key=key, reset_to_zero=["grad_ptr"])(tk._kl_search_kernel),
+            small=triton.autotune(configs=_small_configs(triton, large_k), key=key)(tk._kl_small_kernel),
+        )
+
+    return SimpleNamespace(tuned=True, small_k=tuned(False), large_k=tuned(True), sum_terms=tk._sum_terms_kernel,
+                           gather=tk._kl_gather_kernel)  # fmt: skip
+
+
+# Gradient kernels: rows per program (whole rows of DP coordinates live in registers) and
+# neighbour-list entries scanned per step.
+def _gather_rows_per_program(dp: int) -> int:
+    return max(1, min(32, 4096 // dp))
+
+
+_GATHER_SCAN = 64
+_INTERPRETER_GATHER_SCAN = 16
+_SUM_BLOCK = 1024
+
+
+class _Launcher:
+    """Launches the kernels for one call: picks the tuned or the interpreter variant, and goes
+    through torch.library.wrap_triton when the op is a triton_op (so torch.compile sees them)."""
+
+    def __init__(self, k: int, wrap):
+        self.kernels = _kernels()
+        self.kp = _next_pow2(k)
+        self.family = self.kernels.large_k if self.kp > 8 else self.kernels.small_k
+        self.wrap = wrap
+
+    def _run(self, kernel, grid, args, meta, tuned_kernel: bool):
+        if tuned_kernel and not self.kernels.tuned:
+            meta = {**meta, **INTERPRETER_SEARCH_CONFIG}
+        launch = self.wrap(kernel) if self.wrap is not None else kernel
+        launch[grid](*args, **meta)
+
+    def searching(self, name: str, grid, args, meta):
+        """One of the search kernels (knn, search, small): autotuned block sizes."""
+        self._run(getattr(self.family, name), grid, args, meta, True)
+
+    def plain(self, name: str, grid, args, meta, num_warps: int = 4):
+        """A kernel with fixed block sizes (sum_terms, gather)."""
+        if self.kernels.tuned:
+            meta = {**meta, "num_warps": num_warps}
+        self._run(getattr(self.kernels, name), grid, args, meta, False)
+
+    @property
+    def gather_scan(self) -> int:
+        return _GATHER_SCAN if self.kernels.tuned else _INTERPRETER_GATHER_SCAN
+
+
+def _kl_entropy_impl(z, k, p, eps, compute_grad, deterministic, row_begin=0, row_end=-1, *, wrap=None):
+    """The Triton kl_entropy: see the module docstring and csrc/bindings.cpp for the contract."""
+    k = check_k(k)
+    check_z(z, k)
+    p = check_p(p)
+    eps = check_eps(eps)
+    n, d = z.shape
+    row_begin, row_end = _check_row_range(n, row_begin, row_end)
+    m = row_end - row_begin
+    launcher = _Launcher(k, wrap)
+    small = n <= SMALL_BATCH_MAX_ROWS and d <= SMALL_BATCH_MAX_DIM and m * n * d <= SMALL_BATCH_MAX_WORK
+    # Float atomics only where they are allowed and accurate: not deterministic, not half.
+    atomics = compute_grad and not small and not deterministic and z.dtype not in HALF_DTYPES
+
+    h = z.new_empty((), dtype=accumulation_dtype(z.dtype))
+    nbr = z.new_empty((m if compute_grad else 0,), dtype=torch.int64)
+    if not compute_grad:
+        grad = z.new_empty((0,))
+    elif atomics:
+        grad = z.new_zeros((n, d))
+    else:
+        grad = z.new_empty((n, d))
+
+    eps_bits = _f64_bits(eps)
+    const_bits = _f64_bits(_kl_constant(n, d, k, p) if row_begin == 0 and m > 0 else 0.0)
+    scale_bits = _f64_bits(d / n)
+    shape = (n, d, row_begin, row_end, z.stride(0), z.stride(1))
+    kind = dict(K=k, KP=launcher.kp, NORM=_NORM_CODES[p])
+    dp = _next_pow2(d)
+    block_g = _gather_rows_per_program(dp)
+
+    with _device_guard(z):
+        if small:
+            launcher.searching(
+                "small", (1,),
+                (z, h, nbr, grad, *shape, eps_bits, const_bits, scale_bits, n.bit_length()),
+                dict(kind, COMPUTE_GRAD=compute_grad, BLOCK_G=block_g, DP=dp),
+            )  # fmt: skip
+            return h, grad, nbr
+
+        terms = z.new_empty((max(m, 1),), dtype=torch.float64)
+        if m > 0:
+            launcher.searching(
+                "search", lambda meta: (_cdiv(m, meta["BLOCK_M"]),),
+                (z, terms, nbr, grad, *shape, eps_bits, scale_bits, n.bit_length()),
+                dict(kind, STORE_NBR=compute_grad, SCATTER=atomics, EPI_D=min(dp, 64)),
+            )  # fmt: skip
+        launcher.plain("sum_terms", (1,), (terms, h, m, const_bits, scale_bits), dict(BLOCK=_SUM_BLOCK))
+        if compute_grad and not atomics:
+            launcher.plain(
+                "gather", (_cdiv(n, block_g),),
+                (z, nbr, grad, *shape, eps_bits, scale_bits),
+                dict(NORM=kind["NORM"], BLOCK_G=block_g, BLOCK_N=launcher.gather_scan, DP=dp),
+            )  # fmt: skip
+    return h, grad, nbr
+
+
+def _knn_impl(z, k, p, *, wrap=None):
+    """The Triton knn: (N, k) ascending distances and int64 indices, as torch.ops.eae_kernels.knn."""
+    k = check_k(k)
+    check_z(z, k)
+    p = check_p(p)
+    n, d = z.shape
+    launcher = _Launcher(k, wrap)
+    dist = z.new_empty((n, k), dtype=accumulation_dtype(z.dtype))
+    idx = z.new_empty((n, k), dtype=torch.int64)
+    with _device_guard(z):
+        launcher.searching(
+            "knn", lambda meta: (_cdiv(n, meta["BLOCK_M"]),),
+            (z, dist, idx, n, d, z.stride(0), z.stride(1), n.bit_length()),
+            dict(K=k, KP=launcher.kp, NORM=_NORM_CODES[p]),
+        )  # fmt: skip
+    return dist, idx
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration as torch.library ops, with the C++ ops' autograd formulas
+# ---------------------------------------------------------------------------------------------
+
+_NO_GRAD_MESSAGE = (
+    "eae_kernels.kl_entropy: the gradient was not computed in the forward pass because z did not "
+    "require grad (or grad mode was off) when kl_entropy was called"
+)
+
+
+def _kl_setup_context(ctx, inputs, output):
+    z, _k, p, eps, compute_grad, _deterministic, *row_range = inputs
+    _h, grad, nbr = output
+    ctx.save_for_backward(z, grad, nbr)
+    ctx.p, ctx.eps, ctx.compute_grad = p, eps, compute_grad
+    ctx.row_begin = row_range[0] if row_range else 0
+    ctx.mark_non_differentiable(nbr)
+    ctx.set_materialize_grads(False)  # unused output gradients stay None: no HVP in a plain backward
+
+
+def _kl_backward(ctx, grad_h, grad_grad, _grad_nbr):
+    if not ctx.compute_grad:
+        raise RuntimeError(_NO_GRAD_MESSAGE)
+    z, grad, nbr = ctx.saved_tensors
+    grad_z = grad * grad_h if grad_h is not None else torch.zeros_like(grad)
+    if grad_grad is not None:  # double backward: the Hessian-vector product, neighbours held fixed
+        grad_z = grad_z + torch.ops.eae_kernels.kl_entropy_hvp(z, nbr, grad_grad, ctx.p, ctx.eps, ctx.row_begin)
+    return grad_z, None, None, None, None, None, None, None
+
+
+def _knn_setup_context(ctx, inputs, output):
+    z, _k, p = inputs
+    dist, idx = output
+    ctx.save_for_backward(z, dist, idx)
+    ctx.p = p
+    ctx.mark_non_differentiable(idx)
+
+
+def _knn_backward(ctx, grad_dist, _grad_idx):
+    z, dist, idx = ctx.saved_tensors
+    return torch.ops.eae_kernels.knn_backward(grad_dist, z, dist, idx, ctx.p), None, None
+
+
+_REGISTERED = False
+
+
+@torch.compiler.assume_constant_result
+def _ensure_registered() -> bool:
+    """Registers torch.ops.eae_kernels.kl_entropy_triton and knn_triton (once)."""
+    global _REGISTERED
+    if not _REGISTERED:
+        _register_ops()
+        _REGISTERED = True
+    return True
+
+
+def _register_ops() -> None:
+    from . import _extension
+
+    if not _extension.available():  # the autograd formulas are the compiled ops kl_entropy_hvp, knn_backward
+        raise RuntimeError(f"the triton backend needs eae_kernels' compiled ops: {_extension.unavailable_reason()}")
+    # triton_op (torch >= 2.6) lets torch.compile see the kernels. In the interpreter torch cannot
+    # trace them (wrap_triton hands interpreted kernels back unwrapped), so there, and on older
+    # torch, the op is an opaque custom op with the C++ ops' fake kernels.
+    triton_op = None if _interpret_requested() else getattr(torch.library, "triton_op", None)
+    wrap = torch.library.wrap_triton if triton_op is not None else None
+
+    # The annotations give the schema of the C++ ops (csrc/bindings.cpp).
+    def kl_entropy_triton(
+        z: torch.Tensor, k: int, p: float, eps: float, compute_grad: bool, deterministic: bool,
+        row_begin: int = 0, row_end: int = -1,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        return _kl_entropy_impl(z, k, p, eps, compute_grad, deterministic, row_begin, row_end, wrap=wrap)
+
+    def knn_triton(z: torch.Tensor, k: int, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return _knn_impl(z, k, p, wrap=wrap)
+
+    if triton_op is not None:
+        kl = triton_op("eae_kernels::kl_entropy_triton", kl_entropy_triton, mutates_args=())
+        knn = triton_op("eae_kernels::knn_triton", knn_triton, mutates_args=())
+    else:
+        from . import ops
+
+        kl = torch.library.custom_op("eae_kernels::kl_entropy_triton", kl_entropy_triton, mutates_args=())
+        knn = torch.library.custom_op("eae_kernels::knn_triton", knn_triton, mutates_args=())
+        kl.register_fake(ops._kl_entropy_fake)
+        knn.register_fake(ops._knn_fake)
+    kl.register_autograd(_kl_backward, setup_context=_kl_setup_context)
+    knn.register_autograd(_knn_backward, setup_context=_knn_setup_context)

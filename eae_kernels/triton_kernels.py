@@ -1,0 +1,578 @@
+"""Triton kernels of the fused Kozachenko–Leonenko entropy and of the k-nearest-neighbour search.
+
+The op glue (argument checks, outputs, launch configurations, torch.library registration) is in
+``triton_backend.py``; this module imports triton and is imported only by it, on first use.
+
+Work mapping. A program owns BLOCK_M rows of z and streams all N rows as column tiles of BLOCK_N.
+For each tile it accumulates the (BLOCK_M, BLOCK_N) tile of exact pair keys in registers, in fp32
+(fp64 for fp64 inputs; half inputs are widened on load):
+
+    key = sum_c (a_c - b_c)^2   (p = 2: the squared distance, no sqrt in the hot loop)
+          sum_c |a_c - b_c|     (p = 1)
+          max_c |a_c - b_c|     (p = inf; a NaN propagates)
+
+never through ||a||^2 + ||b||^2 - 2<a, b>. BLOCK_D = 1 accumulates one coordinate at a time
+(rank-1 updates of the register tile); BLOCK_D > 1 loads (BLOCK_M, BLOCK_D) and (BLOCK_N, BLOCK_D)
+chunks and reduces a 3-D broadcast. Which one is faster is left to the autotuner.
+
+Each row keeps a running top-k as a (BLOCK_M, KP) pair of register tensors (key, index), KP =
+next power of two >= k, *unsorted*: a candidate displaces the row's current worst entry. The
+order is lexicographic in (key, index), so ties go to the lower index exactly as on the CPU, and
+the k-th neighbour is simply the worst entry at the end. NaN keys (a row holding NaN or inf)
+order as +inf. Empty slots hold (+inf, N + slot) so any real candidate displaces them; padding
+slots (k <= slot < KP) hold (-inf, -1 - slot) and are never the worst.
+
+Gradient. Row i's term w(r_i) contributes (d/N) w(r_i) dr(z_i, z_{n_i}) to row i and the negative
+to its neighbour n_i (DESIGN.md). Two ways to apply the neighbour part:
+  * atomics (_scatter_pairs, deterministic=False): the search program adds both parts to a
+    zeroed gradient with float atomic adds;
+  * gather (_gather_rows, deterministic=True, half inputs, and the small-batch kernel): a second
+    pass where the program that owns row i sums w(r_ij) dr(z_i, z_j) over its own pair (j = n_i)
+    and over every j with n_j = i, found by scanning the neighbour list, in ascending j. No
+    atomics: the result is bit-identical from run to run.
+
+Kernels:
+  _knn_kernel        (N, k) sorted distances and indices.
+  _kl_search_kernel  per-row log terms (and the neighbour list, and with SCATTER the atomic
+                     gradient) for the rows [row_begin, row_end).
+  _sum_terms_kernel  one program: H from the per-row terms, in a fixed order.
+  _kl_gather_kernel  the deterministic gradient from the neighbour list.
+  _kl_small_kernel   one program does everything (search, H, gather): the small-batch path, one
+                     launch, no intermediate tensor, no atomics.
+
+Scalars that need float64 (eps, the constant part of H, d/N) travel as their int64 bit
+patterns, because Triton passes Python floats as float32.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# The norm codes (the `p` of the C++ core's Norm enum; inf is 0).
+NORM_L1 = 1
+NORM_L2 = 2
+NORM_LINF = 0
+
+# An index larger than any row: marks excluded candidates (self, padding columns).
+_BIG = tl.constexpr(2**31 - 1)
+_INF = tl.constexpr(float("inf"))
+_NAN = tl.constexpr(float("nan"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _f64_from_bits(bits):
+    """A float64 scalar passed as its int64 bit pattern."""
+    return bits.to(tl.int64).to(tl.float64, bitcast=True)
+
+
+@triton.jit
+def _max_nan(a, b):
+    """max that propagates NaN (tl.maximum's default leaves NaN handling to the hardware)."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _sign(x):
+    """sign(x) with sign(0) = sign(NaN) = 0, as the CPU kernel."""
+    return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
+
+
+@triton.jit
+def _log_term(key, eps, NORM: tl.constexpr):
+    """0.5 * log(r^2 + eps^2) in float64 from a key (squared distance for p = 2, else the
+    distance); NaN for a non-finite distance. eps: float64 scalar."""
+    k64 = key.to(tl.float64)
+    if NORM == 2:
+        r2 = k64
+    else:
+        r2 = k64 * k64
+    term = 0.5 * tl.log(r2 + eps * eps)
+    return tl.where(r2 < _INF, term, _NAN)
+
+
+@triton.jit
+def _weight(key, eps, NORM: tl.constexpr, ACC: tl.constexpr):
+    """d/dr of 0.5 log(r^2 + eps^2) in the form the direction multiplies (core/kl_math.h):
+    1 / (r^2 + eps^2) for p = 2 (direction a - b), r / (r^2 + eps^2) for p = 1, inf (direction
+    sign(a - b)). NaN where the row's log term is not finite (non-finite input, or eps = 0 with a
+    zero distance), as on the CPU."""
+    e = eps.to(ACC)
+    if NORM == 2:
+        w = 1.0 / (key + e * e)
+    else:
+        w = key / (key * key + e * e)
+    term = _log_term(key, eps, NORM)
+    return tl.where((term > -_INF) & (term < _INF), w, _NAN)
+
+
+# ---------------------------------------------------------------------------------------------
+# The search
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _tile_keys(
+    z_ptr,  # (N, d) input, any strides
+    rows,  # (BLOCK_M,) int32 row indices
+    cols,  # (BLOCK_N,) int32 column (other row) indices
+    row_ok,  # (BLOCK_M,) rows that exist
+    col_ok,  # (BLOCK_N,) columns that exist
+    d,  # number of coordinates
+    stride_n,  # z.stride(0)
+    stride_d,  # z.stride(1)
+    NORM: tl.constexpr,  # 1, 2 or 0 (inf)
+    ACC: tl.constexpr,  # accumulation dtype: tl.float32 or tl.float64
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,  # 1: rank-1 updates; > 1: 3-D chunks of BLOCK_D coordinates
+):
+    """(BLOCK_M, BLOCK_N) exact pair keys. Missing rows/columns read as zeros (masked later)."""
+    a_base = z_ptr + rows.to(tl.int64) * stride_n
+    b_base = z_ptr + cols.to(tl.int64) * stride_n
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    if BLOCK_D == 1:
+        for c in range(0, d):
+            a = tl.load(a_base + c * stride_d, mask=row_ok, other=0.0).to(ACC)
+            b = tl.load(b_base + c * stride_d, mask=col_ok, other=0.0).to(ACC)
+            diff = a[:, None] - b[None, :]
+            if NORM == 2:
+                acc += diff * diff
+            elif NORM == 1:
+                acc += tl.abs(diff)
+            else:
+                acc = _max_nan(acc, tl.abs(diff))
+    else:
+        offs = tl.arange(0, BLOCK_D)
+        for c0 in range(0, d, BLOCK_D):
+            c = c0 + offs
+            c_ok = c < d
+            a = tl.load(a_base[:, None] + c[None, :] * stride_d, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load(b_base[:, None] + c[None, :] * stride_d, mask=col_ok[:, None] & c_ok[None, :], other=0.0)
+            diff = a.to(ACC)[:, None, :] - b.to(ACC)[None, :, :]
+            if NORM == 2:
+                acc += tl.sum(diff * diff, axis=2)
+            elif NORM == 1:
+                acc += tl.sum(tl.abs(diff), axis=2)
+            else:
+                acc = _max_nan(acc, tl.reduce(tl.abs(diff), 2, _max_nan))
+    return acc
+
+
+@triton.jit
+def _worst(top_key, top_idx):
+    """The lexicographically largest (key, index) of each row's list: the k-th neighbour once
+    the search is over."""
+    wk = tl.max(top_key, axis=1)
+    wi = tl.max(tl.where(top_key == wk[:, None], top_idx, -1), axis=1)
+    return wk, wi
+
+
+@triton.jit
+def _best(keys, idx):
+    """The lexicographically smallest (key, index) of each row."""
+    mk = tl.min(keys, axis=1)
+    mi = tl.min(tl.where(keys == mk[:, None], idx, _BIG), axis=1)
+    return mk, mi
+
+
+@triton.jit
+def _merge_tile(keys, cidx, top_key, top_idx):
+    """Merges a tile of candidates (keys, cidx: (BLOCK_M, BLOCK_N); excluded ones are
+    (+inf, _BIG)) into the running lists: while some row's best remaining candidate beats its
+    worst entry, that candidate replaces it. At most k rounds; usually one comparison."""
+    wk, wi = _worst(top_key, top_idx)
+    mk, mi = _best(keys, cidx)
+    better = (mk < wk) | ((mk == wk) & (mi < wi))
+    while tl.max(better.to(tl.int32), axis=0) > 0:
+        replace = better[:, None] & (top_key == wk[:, None]) & (top_idx == wi[:, None])
+        top_key = tl.where(replace, mk[:, None], top_key)
+        top_idx = tl.where(replace, mi[:, None], top_idx)
+        taken = better[:, None] & (cidx == mi[:, None])
+        keys = tl.where(taken, _INF, keys)
+        cidx = tl.where(taken, _BIG, cidx)
+        wk, wi = _worst(top_key, top_idx)
+        mk, mi = _best(keys, cidx)
+        better = (mk < wk) | ((mk == wk) & (mi < wi))
+    return top_key, top_idx
+
+
+@triton.jit
+def _search_rows(
+    z_ptr,
+    rows,  # (BLOCK_M,) int32
+    row_ok,  # (BLOCK_M,) bool
+    n,
+    d,
+    stride_n,
+    stride_d,
+    K: tl.constexpr,
+    KP: tl.constexpr,  # next power of two >= K
+    NORM: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Each row's k nearest other rows, as the unsorted lists (top_key, top_idx): (BLOCK_M, KP)
+    keys (NaN read as +inf) and int32 indices."""
+    slot = tl.arange(0, KP)
+    real = slot < K
+    top_key = tl.zeros((BLOCK_M, KP), dtype=ACC) + tl.where(real, _INF, -_INF)[None, :].to(ACC)
+    top_idx = tl.zeros((BLOCK_M, KP), dtype=tl.int32) + tl.where(real, n + slot, -1 - slot)[None, :]
+    for start in range(0, n, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < n
+        raw = _tile_keys(
+            z_ptr, rows, cols, row_ok, col_ok, d, stride_n, stride_d, NORM, ACC, BLOCK_M, BLOCK_N, BLOCK_D
+        )
+        candidate = col_ok[None, :] & (cols[None, :] != rows[:, None])  # never the row itself
+        keys = tl.where(candidate & (raw == raw), raw, _INF)
+        cidx = tl.where(candidate, cols[None, :], _BIG)
+        top_key, top_idx = _merge_tile(keys, cidx, top_key, top_idx)
+    return top_key, top_idx
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient pieces
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _pair_gradient(zi, zj, dcol, valid, eps, NORM: tl.constexpr, ACC: tl.constexpr):
+    """w(r_ij) * d r(z_i, z_j) / d z_i for (B, DP) tiles of row pairs (the distance is
+    recomputed from the rows), zero where not `valid`. p = inf: the lowest coordinate of
+    largest |z_i - z_j| only. A NaN weight spreads over the whole row."""
+    diff = zi - zj
+    if NORM == 2:
+        key = tl.sum(diff * diff, axis=1)
+    elif NORM == 1:
+        key = tl.sum(tl.abs(diff), axis=1)
+    else:
+        key = tl.reduce(tl.abs(diff), 1, _max_nan)
+    w = _weight(key, eps, NORM, ACC)
+    if NORM == 2:
+        u = w[:, None] * diff
+    elif NORM == 1:
+        u = w[:, None] * _sign(diff)
+    else:
+        at = tl.min(tl.where(tl.abs(diff) == key[:, None], dcol[None, :], _BIG), axis=1)
+        u = w[:, None] * tl.where(dcol[None, :] == at[:, None], _sign(diff), 0.0)
+    return tl.where(valid[:, None], u, 0.0)
+
+
+@triton.jit
+def _load_rows(z_ptr, rows, row_ok, dcol, d, stride_n, stride_d, ACC: tl.constexpr):
+    """(B, DP) tile of whole rows, zeros outside."""
+    ptrs = z_ptr + rows.to(tl.int64)[:, None] * stride_n + dcol[None, :] * stride_d
+    return tl.load(ptrs, mask=row_ok[:, None] & (dcol < d)[None, :], other=0.0).to(ACC)
+
+
+@triton.jit
+def _gather_rows(
+    z_ptr,
+    nbr_ptr,  # (row_end - row_begin,) int64 k-th neighbour of each range row
+    grad_ptr,  # (N, d) contiguous output
+    first_row,  # this step's rows are first_row + [0, BLOCK_G), any rows of z
+    n,
+    d,
+    row_begin,
+    row_end,
+    stride_n,
+    stride_d,
+    scale,  # d / N in ACC
+    eps,  # float64 scalar
+    NORM: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,  # neighbour-list entries scanned at once
+    DP: tl.constexpr,  # next power of two >= d
+):
+    """Writes dH/dz for the rows first_row + [0, BLOCK_G): each row's own pair plus every pair
+    whose k-th neighbour it is, summed in a fixed order (own first, then ascending source row).
+    No atomics."""
+    rows = first_row + tl.arange(0, BLOCK_G)
+    row_ok = rows < n
+    dcol = tl.arange(0, DP)
+    zi = _load_rows(z_ptr, rows, row_ok, dcol, d, stride_n, stride_d, ACC)
+
+    own = row_ok & (rows >= row_begin) & (rows < row_end)
+    j = tl.load(nbr_ptr + (rows - row_begin), mask=own, other=0).to(tl.int32)
+    g = _pair_gradient(zi, _load_rows(z_ptr, j, own, dcol, d, stride_n, stride_d, ACC), dcol, own, eps, NORM, ACC)
+
+    m = row_end - row_begin
+    for r0 in range(0, m, BLOCK_N):
+        r = r0 + tl.arange(0, BLOCK_N)
+        target = tl.load(nbr_ptr + r, mask=r < m, other=-1).to(tl.int32)
+        # Cheap 1-D test first: most chunks of the list point at none of these rows.
+        hit = (target >= first_row) & (target < first_row + BLOCK_G)
+        if tl.max(hit.to(tl.int32), axis=0) > 0:
+            source = row_begin + r
+            match = target[None, :] == rows[:, None]
+            j = tl.min(tl.where(match, source[None, :], _BIG), axis=1)
+            # One reverse neighbour per row per round; usually a single round.
+            while tl.max((j < _BIG).to(tl.int32), axis=0) > 0:
+                found = j < _BIG
+                zj = _load_rows(z_ptr, j, found, dcol, d, stride_n, stride_d, ACC)
+                g += _pair_gradient(zi, zj, dcol, found, eps, NORM, ACC)
+                match = match & (source[None, :] != j[:, None])
+                j = tl.min(tl.where(match, source[None, :], _BIG), axis=1)
+
+    out = grad_ptr + rows.to(tl.int64)[:, None] * d + dcol[None, :]
+    tl.store(out, (g * scale).to(grad_ptr.dtype.element_ty), mask=row_ok[:, None] & (dcol < d)[None, :])
+
+
+@triton.jit
+def _scatter_pairs(
+    z_ptr,
+    grad_ptr,  # (N, d) contiguous, zeroed before the launch
+    rows,  # (BLOCK_M,) int32
+    nbr,  # (BLOCK_M,) int32 k-th neighbour of each row
+    row_ok,
+    key,  # (BLOCK_M,) key of the k-th neighbour
+    d,
+    stride_n,
+    stride_d,
+    scale,  # d / N in ACC
+    eps,
+    NORM: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,  # coordinates per chunk
+):
+    """Adds u = (d/N) w dr(z_i, z_{n_i}) to row i and -u to row n_i with float atomics."""
+    w = scale * _weight(key, eps, NORM, ACC)
+    a_base = z_ptr + rows.to(tl.int64) * stride_n
+    b_base = z_ptr + nbr.to(tl.int64) * stride_n
+    ga = grad_ptr + rows.to(tl.int64) * d
+    gb = grad_ptr + nbr.to(tl.int64) * d
+    offs = tl.arange(0, BLOCK_D)
+    if NORM == 0:
+        # The lowest coordinate of largest |a - b|, then one element per row.
+        best = tl.full((BLOCK_M,), -1.0, ACC)
+        at = tl.zeros((BLOCK_M,), dtype=tl.int32)
+        for c0 in range(0, d, BLOCK_D):
+            c = c0 + offs
+            ok = row_ok[:, None] & (c < d)[None, :]
+            a = tl.load(a_base[:, None] + c[None, :] * stride_d, mask=ok, other=0.0).to(ACC)
+            b = tl.load(b_base[:, None] + c[None, :] * stride_d, mask=ok, other=0.0).to(ACC)
+            ad = tl.abs(a - b)
+            chunk_max = tl.max(ad, axis=1)
+            chunk_at = tl.min(tl.where(ad == chunk_max[:, None], c[None, :], _BIG), axis=1)
+            newer = chunk_max > best
+            best = tl.where(newer, chunk_max, best)
+            at = tl.where(newer, chunk_at, at)
+        a = tl.load(a_base + at * stride_d, mask=row_ok, other=0.0).to(ACC)
+        b = tl.load(b_base + at * stride_d, mask=row_ok, other=0.0).to(ACC)
+        u = w * _sign(a - b)
+        tl.atomic_add(ga + at, u, mask=row_ok)
+        tl.atomic_add(gb + at, -u, mask=row_ok)
+    else:
+        for c0 in range(0, d, BLOCK_D):
+            c = c0 + offs
+            ok = row_ok[:, None] & (c < d)[None, :]
+            a = tl.load(a_base[:, None] + c[None, :] * stride_d, mask=ok, other=0.0).to(ACC)
+            b = tl.load(b_base[:, None] + c[None, :] * stride_d, mask=ok, other=0.0).to(ACC)
+            if NORM == 2:
+                u = w[:, None] * (a - b)
+            else:
+                u = w[:, None] * _sign(a - b)
+            tl.atomic_add(ga[:, None] + c[None, :], u, mask=ok)
+            tl.atomic_add(gb[:, None] + c[None, :], -u, mask=ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _knn_kernel(
+    z_ptr,  # (N, d) input
+    dist_ptr,  # (N, K) output distances, ascending
+    idx_ptr,  # (N, K) int64 output indices
+    n,
+    d,
+    stride_n,
+    stride_d,
+    n_bucket,  # autotuning key only (log2 of N)
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    NORM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    ACC = tl.float64 if z_ptr.dtype.element_ty == tl.float64 else tl.float32
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n
+    top_key, top_idx = _search_rows(
+        z_ptr, rows, row_ok, n, d, stride_n, stride_d, K, KP, NORM, ACC, BLOCK_M, BLOCK_N, BLOCK_D
+    )
+    # Emit the list in ascending order: K rounds of "take the smallest".
+    real = (tl.arange(0, KP) < K)[None, :]
+    keys = tl.where(real, top_key, _INF)
+    idx = tl.where(real, top_idx, _BIG)
+    out = rows.to(tl.int64) * K
+    for q in range(0, K):
+        mk, mi = _best(keys, idx)
+        if NORM == 2:
+            if ACC == tl.float64:
+                dist = tl.sqrt(mk)
+            else:
+                dist = tl.sqrt_rn(mk)
+        else:
+            dist = mk
+        tl.store(dist_ptr + out + q, tl.where(mk < _INF, dist, _NAN), mask=row_ok)
+        tl.store(idx_ptr + out + q, mi.to(tl.int64), mask=row_ok)
+        taken = idx == mi[:, None]
+        keys = tl.where(taken, _INF, keys)
+        idx = tl.where(taken, _BIG, idx)
+
+
+@triton.jit
+def _kl_search_kernel(
+    z_ptr,  # (N, d) input
+    terms_ptr,  # (M,) float64 output: each range row's log term
+    nbr_ptr,  # (M,) int64 output: each range row's k-th neighbour (STORE_NBR)
+    grad_ptr,  # (N, d) zeroed gradient (SCATTER)
+    n,
+    d,
+    row_begin,
+    row_end,
+    stride_n,
+    stride_d,
+    eps_bits,  # float64 eps as int64 bits
+    scale_bits,  # float64 d / N as int64 bits
+    n_bucket,  # autotuning key only
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    NORM: tl.constexpr,
+    STORE_NBR: tl.constexpr,
+    SCATTER: tl.constexpr,  # add the gradient with atomics
+    EPI_D: tl.constexpr,  # coordinates per chunk in the atomic epilogue
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    ACC = tl.float64 if z_ptr.dtype.element_ty == tl.float64 else tl.float32
+    rows = row_begin + tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < row_end
+    top_key, top_idx = _search_rows(
+        z_ptr, rows, row_ok, n, d, stride_n, stride_d, K, KP, NORM, ACC, BLOCK_M, BLOCK_N, BLOCK_D
+    )
+    key, nbr = _worst(top_key, top_idx)
+    eps = _f64_from_bits(eps_bits)
+    local = rows - row_begin
+    tl.store(terms_ptr + local, _log_term(key, eps, NORM), mask=row_ok)
+    if STORE_NBR:
+        tl.store(nbr_ptr + local, nbr.to(tl.int64), mask=row_ok)
+    if SCATTER:
+        scale = _f64_from_bits(scale_bits).to(ACC)
+        _scatter_pairs(
+            z_ptr, grad_ptr, rows, nbr, row_ok, key, d, stride_n, stride_d, scale, eps, NORM, ACC, BLOCK_M, EPI_D
+        )
+
+
+@triton.jit
+def _sum_terms_kernel(
+    terms_ptr,  # (M,) float64 log terms
+    h_ptr,  # 0-dim output
+    m,
+    const_bits,  # float64 constant part of H (0 unless the range holds row 0) as int64 bits
+    scale_bits,  # float64 d / N as int64 bits
+    BLOCK: tl.constexpr,
+):
+    """h = constant + (d/N) * sum(terms), summed in the same order on every run."""
+    acc = tl.zeros((BLOCK,), dtype=tl.float64)
+    for s in range(0, m, BLOCK):
+        offs = s + tl.arange(0, BLOCK)
+        acc += tl.load(terms_ptr + offs, mask=offs < m, other=0.0)
+    h = _f64_from_bits(const_bits) + _f64_from_bits(scale_bits) * tl.sum(acc, axis=0)
+    tl.store(h_ptr, h.to(h_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _kl_gather_kernel(
+    z_ptr,
+    nbr_ptr,  # (M,) int64 neighbour list from _kl_search_kernel
+    grad_ptr,  # (N, d) output, fully written
+    n,
+    d,
+    row_begin,
+    row_end,
+    stride_n,
+    stride_d,
+    eps_bits,
+    scale_bits,
+    NORM: tl.constexpr,
+    BLOCK_G: tl.constexpr,  # rows per program
+    BLOCK_N: tl.constexpr,
+    DP: tl.constexpr,
+):
+    ACC = tl.float64 if z_ptr.dtype.element_ty == tl.float64 else tl.float32
+    eps = _f64_from_bits(eps_bits)
+    scale = _f64_from_bits(scale_bits).to(ACC)
+    _gather_rows(
+        z_ptr, nbr_ptr, grad_ptr, tl.program_id(0) * BLOCK_G, n, d, row_begin, row_end, stride_n, stride_d, scale,
+        eps, NORM, ACC, BLOCK_G, BLOCK_N, DP,
+    )
+
+
+@triton.jit
+def _kl_small_kernel(
+    z_ptr,
+    h_ptr,  # 0-dim output
+    nbr_ptr,  # (M,) int64 output (COMPUTE_GRAD)
+    grad_ptr,  # (N, d) output (COMPUTE_GRAD), fully written
+    n,
+    d,
+    row_begin,
+    row_end,
+    stride_n,
+    stride_d,
+    eps_bits,
+    const_bits,
+    scale_bits,
+    n_bucket,  # autotuning key only
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    NORM: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    DP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """The small-batch path: ONE program computes H and the whole dH/dz (launch with grid (1,)).
+    Phase 1 searches the range rows block by block (writing the neighbour list), phase 2 gathers
+    the gradient of every row from it. No atomics, nothing but the outputs in memory."""
+    ACC = tl.float64 if z_ptr.dtype.element_ty == tl.float64 else tl.float32
+    eps = _f64_from_bits(eps_bits)
+    total = tl.zeros((BLOCK_M,), dtype=tl.float64)
+    for r0 in range(row_begin, row_end, BLOCK_M):
+        rows = r0 + tl.arange(0, BLOCK_M)
+        row_ok = rows < row_end
+        top_key, top_idx = _search_rows(
+            z_ptr, rows, row_ok, n, d, stride_n, stride_d, K, KP, NORM, ACC, BLOCK_M, BLOCK_N, BLOCK_D
+        )
+        key, nbr = _worst(top_key, top_idx)
+        total += tl.where(row_ok, _log_term(key, eps, NORM), 0.0)
+        if COMPUTE_GRAD:
+            tl.store(nbr_ptr + (rows - row_begin), nbr.to(tl.int64), mask=row_ok)
+    scale64 = _f64_from_bits(scale_bits)
+    h = _f64_from_bits(const_bits) + scale64 * tl.sum(total, axis=0)
+    tl.store(h_ptr, h.to(h_ptr.dtype.element_ty))
+    if COMPUTE_GRAD:
+        tl.debug_barrier()  # the neighbour list written above is read by every thread below
+        for g0 in range(0, n, BLOCK_G):
+            _gather_rows(
+                z_ptr, nbr_ptr, grad_ptr, g0, n, d, row_begin, row_end, stride_n, stride_d, scale64.to(ACC), eps,
+                NORM, ACC, BLOCK_G, BLOCK_N, DP,
+            )
