@@ -1,0 +1,16 @@
+"""The entropic autoencoder (EAE) built on ``eae_kernels.kl_entropy``.
+
+    python -m python.train                               # train (digits by default)
+    python -m python.sample --run runs/<name> --prior gmm  # PNG grids
+    python -m python.evaluate --run runs/<name>            # metrics.json
+
+Modules: ``data`` (local data sets), ``models`` (encoder, batch-norm latent, decoder, loss),
+``runs`` (config, run directories), ``checkpoint`` (atomic saves, RNG state), ``train``,
+``samplers`` (N(0, I) and GMM priors), ``images`` (PNG grids), ``sample``, ``metrics``,
+``evaluate``.
+"""
+
+from .models import ARCHITECTURES, EAE, EAEOutput, build_model
+from .runs import TrainConfig, load_run
+
+__all__ = ["ARCHITECTURES", "EAE", "EAEOutput", "build_model", "TrainConfig", "load_run"]

@@ -1,0 +1,201 @@
+"""Training configuration and run directories.
+
+A run directory holds ``config.json`` (the resolved :class:`TrainConfig`), ``checkpoint.pt``
+(latest state, rewritten atomically every epoch), ``log.csv`` (one row per epoch), the PNG grids
+and ``metrics.json``. :func:`load_run` rebuilds the trained model from it for sampling and
+evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .data import DATASETS
+from .models import ARCHITECTURES, EAE, build_model
+
+CONFIG_NAME = "config.json"
+DEFAULT_RUNS_DIR = "runs"
+
+# Per-data-set defaults (the paper / RAE reference code; digits: the small embedded default).
+DATASET_DEFAULTS = {
+    # One thread for the small digits model: its convolutions gain little from a second thread,
+    # and lose a lot (OpenMP spin-waiting) when other processes share the cores.
+    "digits": {"lr": 2e-3, "epochs": 60, "beta": 0.05, "threads": 1},
+    "mnist": {"lr": 5e-4, "epochs": 100, "beta": 0.05},
+    "cifar10": {"lr": 5e-4, "epochs": 100, "beta": 0.05},
+    "celeba": {"lr": 1e-3, "epochs": 70, "beta": 0.05},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved as the run's config.json).
+
+    Attributes:
+        dataset: "digits" (bundled, the default), "mnist", "cifar10" or "celeba".
+        data_dir: folder holding the data set's files (not used by digits).
+        beta: weight of the entropy term; 0 gives the plain batch-norm autoencoder.
+        epochs: number of passes over the training images.
+        batch_size: images per step (also the sample size of the entropy estimate).
+        lr: Adam learning rate.
+        seed: seeds the weights and the data order.
+        device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+        latent_dim: code size.
+        k: neighbour order of the Kozachenko-Leonenko estimator.
+        run_dir: where checkpoints, logs, grids and metrics go.
+        evaluate: write metrics.json when training ends.
+        threads: CPU threads of torch (``torch.set_num_threads``); None keeps torch's default.
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    beta: float = DATASET_DEFAULTS["digits"]["beta"]
+    epochs: int = DATASET_DEFAULTS["digits"]["epochs"]
+    batch_size: int = 100
+    lr: float = DATASET_DEFAULTS["digits"]["lr"]
+    seed: int = 0
+    device: str = "auto"
+    latent_dim: int = ARCHITECTURES["digits"].latent_dim
+    k: int = 1
+    run_dir: str = ""
+    evaluate: bool = True
+    threads: int | None = DATASET_DEFAULTS["digits"]["threads"]
+
+    @classmethod
+    def for_dataset(cls, dataset: str, **overrides) -> "TrainConfig":
+        """The defaults of ``dataset`` (learning rate, epochs, beta, latent size), then
+        ``overrides`` (None values are ignored); validated."""
+        if dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+        values = dict(DATASET_DEFAULTS[dataset], latent_dim=ARCHITECTURES[dataset].latent_dim)
+        values.setdefault("threads", None)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        config = cls(dataset=dataset, **values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ValueError/TypeError naming the first bad field and what is accepted."""
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {self.dataset!r}")
+        _check_number("beta", self.beta, minimum=0.0)
+        _check_number("lr", self.lr, minimum=0.0, strict=True)
+        _check_int("epochs", self.epochs, minimum=1)
+        _check_int("batch_size", self.batch_size, minimum=2)
+        _check_int("latent_dim", self.latent_dim, minimum=1)
+        _check_int("k", self.k, minimum=1)
+        _check_int("seed", self.seed, minimum=0)
+        if self.threads is not None:
+            _check_int("threads", self.threads, minimum=1)
+        if self.k >= self.batch_size:
+            raise ValueError(f"k must be smaller than batch_size (the k-th neighbour of a code is another code "
+                             f"of its batch); got k={self.k}, batch_size={self.batch_size}")
+        resolve_device(self.device)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        values = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        config = cls(**{k: v for k, v in values.items() if k in known})
+        config.validate()
+        return config
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}; got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value}")
+
+
+def _check_number(name: str, value, minimum: float, strict: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number; got {value!r}")
+    bad = value <= minimum if strict else value < minimum
+    if bad or value != value or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}; got {value}")
+
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; "cuda"/"cuda:N" only when CUDA is available."""
+    if not isinstance(device, str) or not _DEVICE_PATTERN.match(device):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} was asked for but CUDA is not available "
+                             f"(torch {torch.__version__}); use --device cpu or auto")
+        index = torch.device(device).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return torch.device(device)
+
+
+def default_run_dir(config: TrainConfig, name: str | None = None) -> Path:
+    """runs/<name>, by default runs/<dataset>-beta<beta>-seed<seed>-<date-time>."""
+    if name is None:
+        name = f"{config.dataset}-beta{config.beta:g}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(DEFAULT_RUNS_DIR) / name
+
+
+def write_config(config: TrainConfig, run_dir: Path) -> None:
+    path = run_dir / CONFIG_NAME
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(config.to_json() + "\n")
+    os.replace(tmp, path)
+
+
+def read_config(run_dir: str | os.PathLike) -> TrainConfig:
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{Path(run_dir)} is not a run directory: {path} is missing "
+                                "(run directories are written by python -m python.train)")
+    return TrainConfig.from_json(path.read_text())
+
+
+@dataclass
+class Run:
+    """A trained run: its config, its model (eval mode, on ``device``) and training progress."""
+
+    run_dir: Path
+    config: TrainConfig
+    model: EAE
+    device: torch.device
+    epoch: int
+    step: int
+
+
+def load_run(run_dir: str | os.PathLike, device: str = "auto") -> Run:
+    """Rebuild the model of ``run_dir`` from its config.json and checkpoint.pt.
+
+    Args:
+        run_dir: a directory written by ``python -m python.train``.
+        device: "auto", "cpu", "cuda" or "cuda:N".
+
+    Returns:
+        A :class:`Run` whose model is in eval mode (batch norm uses its running statistics,
+        which matters for the batch-norm latent).
+    """
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    checkpoint = load_checkpoint(run_dir)
+    torch_device = resolve_device(device)
+    model = build_model(config.dataset, config.latent_dim, config.beta, config.k)
+    model.load_state_dict(checkpoint["model"])
+    model.to(torch_device).eval()
+    return Run(run_dir, config, model, torch_device, int(checkpoint["epoch"]), int(checkpoint["step"]))

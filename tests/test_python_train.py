@@ -1,0 +1,223 @@
+"""Training, checkpoints, resume, Ctrl-C, sampling and evaluation of the model package.
+
+Runs are tiny: generated data sets of a dozen images, 1-2 training steps, or the bundled digits
+with large batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import python.train as train_module
+from python import checkpoint
+from python.evaluate import evaluate_run
+from python.evaluate import main as evaluate_main
+from python.data import load_dataset
+from python.runs import TrainConfig, load_run
+from python.sample import main as sample_main
+from python.sample import write_grids
+from python.train import config_from_args, build_parser, main as train_main, train
+
+from test_python_data import write_cifar, write_image_folder, write_mnist
+
+
+def tiny_config(tmp_path: Path, dataset: str, data_dir=None, **overrides) -> TrainConfig:
+    values = dict(batch_size=5, epochs=1, latent_dim=4, evaluate=False, threads=None)
+    values.update(overrides)
+    config = TrainConfig.for_dataset(dataset, data_dir=None if data_dir is None else str(data_dir), **values)
+    config.run_dir = str(tmp_path / "run")
+    return config
+
+
+def state_of(run_dir: Path) -> dict:
+    return torch.load(Path(run_dir) / checkpoint.CHECKPOINT_NAME, weights_only=True)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a["epoch"] == b["epoch"] and a["step"] == b["step"]
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        for key in pa:
+            assert torch.equal(pa[key], pb[key]), key
+    assert a["scheduler"] == b["scheduler"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Smoke runs, one per data set format: 2 training steps
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10", "celeba"])
+def test_two_step_smoke_run(tmp_path, dataset):
+    data_dir = tmp_path / "data"
+    if dataset == "mnist":
+        write_mnist(data_dir, n=11)  # 10 training images: 2 steps of 5
+        batch_size = 5
+    elif dataset == "cifar10":
+        write_cifar(data_dir, n=11)
+        batch_size = 5
+    else:
+        write_image_folder(data_dir, n=5)  # 4 training images: 2 steps of 2
+        batch_size = 2
+    config = tiny_config(tmp_path, dataset, data_dir, batch_size=batch_size)
+    torch.manual_seed(config.seed)  # as train() does: the initial weights
+    initial = train_module.build_model(dataset, config.latent_dim).state_dict()
+    run_dir = train(config, progress=False, finish=False)
+    state = state_of(run_dir)
+    assert (state["epoch"], state["step"]) == (1, 0)
+    assert all(v["step"].item() == 2 for v in state["optimizer"]["state"].values())  # 2 Adam steps
+    assert not torch.equal(state["model"]["encoder.to_latent.weight"], initial["encoder.to_latent.weight"])
+    rows = (run_dir / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,steps,loss,recon,entropy") and len(rows) == 2
+    assert json.loads((run_dir / "config.json").read_text())["dataset"] == dataset
+
+
+def test_digits_run_writes_grids_and_metrics(tmp_path):
+    """The full path of the default data set: train, grids, metrics (large batches, 1 epoch)."""
+    config = tiny_config(tmp_path, "digits", batch_size=400, latent_dim=8)
+    run_dir = train(config, progress=False, finish=False)
+    run, data = load_run(run_dir, "cpu"), load_dataset("digits")
+    paths = write_grids(run, data, n=16)
+    assert sorted(p.name for p in paths) == ["interpolations.png", "reconstructions.png",
+                                             "samples_gmm.png", "samples_isotropic.png"]
+    metrics = evaluate_run(run, data, n_samples=200)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["reconstruction"] == metrics["reconstruction"] and saved["heldout_images"] == 180
+    assert len(saved["latent"]["mean"]) == 8 and saved["latent"]["n"] == 1617
+    fd = saved["classifier_frechet_distance"]
+    assert {"isotropic", "gmm", "reconstructions", "train_vs_heldout"} <= fd.keys()
+    assert all(fd[k] >= 0 for k in ("isotropic", "gmm", "reconstructions", "train_vs_heldout"))
+    assert "skipped" in saved["fid"]
+    assert (run_dir / "classifier.pt").is_file() and (run_dir / "gmm.pt").is_file()
+    # the cached classifier and GMM are reused: same numbers again
+    again = evaluate_run(run, data, n_samples=200, write=False)
+    assert again["classifier_frechet_distance"] == fd
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and resume
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def deterministic():
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def digits_config(tmp_path, name, epochs):
+    config = tiny_config(tmp_path, "digits", batch_size=500, latent_dim=8, epochs=epochs)  # 3 steps per epoch
+    config.run_dir = str(tmp_path / name)
+    return config
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, deterministic):
+    straight = train(digits_config(tmp_path, "straight", 2), progress=False, finish=False)
+    split = train(digits_config(tmp_path, "split", 1), progress=False, finish=False)
+    assert state_of(split)["epoch"] == 1
+    args = build_parser().parse_args(["--resume", str(split), "--epochs", "2"])
+    config, resume = config_from_args(args)
+    assert resume and config.epochs == 2
+    train(config, resume=True, progress=False, finish=False)
+    assert_same_state(state_of(straight), state_of(split))
+    assert len((split / "log.csv").read_text().splitlines()) == 3  # header + 2 epochs
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path, deterministic, monkeypatch):
+    straight = train(digits_config(tmp_path, "straight", 2), progress=False, finish=False)
+
+    real_iterate = train_module.iterate_batches
+    training_loops = []
+
+    def interrupting(images, batches):
+        if len(batches) == 3:  # an epoch's training loop (the held-out check is 1 batch)
+            training_loops.append(1)
+        for i, x in enumerate(real_iterate(images, batches)):
+            if len(training_loops) == 2 and i == 1:  # epoch 2, step 2 of 3: as if Ctrl-C was pressed
+                os.kill(os.getpid(), signal.SIGINT)
+            yield x
+
+    monkeypatch.setattr(train_module, "iterate_batches", interrupting)
+    run_dir = train(digits_config(tmp_path, "interrupted", 2), progress=False, finish=False)
+    saved = state_of(run_dir)
+    assert (saved["epoch"], saved["step"]) == (1, 2)  # the step in progress was finished, then saved
+    monkeypatch.setattr(train_module, "iterate_batches", real_iterate)
+    config, _ = config_from_args(build_parser().parse_args(["--resume", str(run_dir)]))
+    train(config, resume=True, progress=False, finish=False)
+    assert_same_state(state_of(straight), state_of(run_dir))
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    checkpoint.save_checkpoint(tmp_path, model={"w": torch.ones(3)}, epoch=1)
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # killed in the middle of writing
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(tmp_path, model={"w": torch.zeros(3)}, epoch=2)
+    monkeypatch.setattr(torch, "save", real_save)
+    kept = checkpoint.load_checkpoint(tmp_path)
+    assert kept["epoch"] == 1 and torch.equal(kept["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == [checkpoint.CHECKPOINT_NAME]  # no temp file left
+
+
+def test_rng_state_round_trip(tmp_path):
+    import random
+
+    import numpy as np
+
+    checkpoint.save_checkpoint(tmp_path, epoch=0)
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    checkpoint.set_rng_state(checkpoint.load_checkpoint(tmp_path)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# Command lines
+# ---------------------------------------------------------------------------------------------
+
+
+def test_train_cli_errors(tmp_path, capsys):
+    assert train_main(["--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert train_main(["--beta", "-1", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "beta must be a finite number >= 0" in capsys.readouterr().err
+    assert train_main(["--resume", str(tmp_path / "nothing")]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    write_mnist(tmp_path / "data", n=11)
+    config = tiny_config(tmp_path, "mnist", tmp_path / "data")
+    run_dir = train(config, progress=False, finish=False)
+    with pytest.raises(ValueError, match="--beta cannot change when resuming"):
+        config_from_args(build_parser().parse_args(["--resume", str(run_dir), "--beta", "0.5"]))
+    with pytest.raises(ValueError, match="do not combine it with --name"):
+        config_from_args(build_parser().parse_args(["--resume", str(run_dir), "--name", "x"]))
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(config, progress=False, finish=False)
+
+
+def test_sample_and_evaluate_cli(tmp_path, capsys):
+    write_mnist(tmp_path / "data", n=11)
+    run_dir = train(tiny_config(tmp_path, "mnist", tmp_path / "data"), progress=False, finish=False)
+    out = tmp_path / "gmm.png"
+    assert sample_main(["--run", str(run_dir), "--n", "4", "--prior", "gmm", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert sample_main(["--run", str(tmp_path / "missing")]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+    assert evaluate_main(["--run", str(run_dir), "--n-samples", "8"]) == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["reconstruction"]["heldout_images"] == 1 and "skipped" in metrics["fid"]
