@@ -781,8 +781,10 @@ int multiprocessor_count() {
 // Tuning and test knobs, read on every call (so tests can switch them):
 //   EAE_KERNELS_CUDA_TILE = small | large | list   forces the searcher (list works for any k,
 //                                                   small and large for k <= 16)
-//   EAE_KERNELS_CUDA_PATH = fused | atomic | gather forces the gradient path (fused only where
-//                                                   it applies: n <= 1024, d <= 256)
+//   EAE_KERNELS_CUDA_PATH = atomic | gather         forces the gradient path (atomic only when
+//                                                   not deterministic); default: fused for
+//                                                   n <= 1024 and d <= 256, else atomic, or
+//                                                   gather when deterministic
 bool env_is(const char* name, const char* value) {
   const char* v = std::getenv(name);
   return v != nullptr && std::strcmp(v, value) == 0;
@@ -791,7 +793,7 @@ bool env_is(const char* name, const char* value) {
 Searcher choose_searcher(int64_t m, int64_t k, bool is_double, bool fused) {
   if (env_is("EAE_KERNELS_CUDA_TILE", "list") || k > kMaxRegisterK) return Searcher::kList;
   if (env_is("EAE_KERNELS_CUDA_TILE", "small")) return Searcher::kSmall;
-  if (env_is("EAE_KERNELS_CUDA_TILE", "large") && !fused) return Searcher::kLarge;
+  if (env_is("EAE_KERNELS_CUDA_TILE", "large")) return Searcher::kLarge;
   if (fused) return Searcher::kSmall;
   // Large tiles reuse each staged value across more distances (more fp32 work per shared-memory
   // load), but need enough row blocks to occupy every multiprocessor.
