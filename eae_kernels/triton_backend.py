@@ -9,7 +9,7 @@ The kernels are in ``triton_kernels.py``; this module holds the op glue ``ops.py
 
 The ops are registered on first use as ``torch.ops.eae_kernels.kl_entropy_triton`` and
 ``torch.ops.eae_kernels.knn_triton`` with ``torch.library.triton_op`` (so ``torch.compile`` sees
-the kernels) or, on torch versions without it, ``torch.library.custom_op``. Their autograd is
+the kernels) or, in the interpreter and on torch < 2.6, ``torch.library.custom_op``. Their autograd is
 the C++ ops' (csrc/autograd.cpp): backward = grad_h * dh/dz, double backward adds
 ``kl_entropy_hvp``; knn's backward is ``knn_backward``. Importing this module is cheap and works
 without triton: triton is imported on first use.
@@ -23,12 +23,12 @@ How a kl_entropy call runs (N rows, M = row_end - row_begin of them in the range
   deterministic=False, the gradient by float atomics into a zeroed output), a one-program
   kernel that sums the terms into H in a fixed order, and with deterministic=True (or half
   inputs) a gather kernel that builds the gradient from the neighbour list without atomics.
-  The only tensor besides the outputs is the (M,) float64 buffer of log terms.
+  The only tensor besides the outputs is an (M,) float64 buffer of the per-row log terms.
 
 Every launch goes to the current CUDA stream; nothing synchronises with the host after the first
 call for a given shape class (which compiles and autotunes), so warm calls can be captured in a
 CUDA graph. On CPU tensors the kernels run in Triton's interpreter when TRITON_INTERPRET=1 is set
-before triton is first imported (for tests; slow), with fixed block sizes instead of autotuning.
+before this backend's first call (for tests; slow), with fixed block sizes instead of autotuning.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import torch
 from ._validate import accumulation_dtype, check_eps, check_k, check_p, check_z, HALF_DTYPES
 from .reference import log_unit_ball_volume
 
-__all__ = ["unavailable_reason", "kl_entropy_op", "knn_op", "SMALL_BATCH_MAX_WORK"]
+__all__ = ["unavailable_reason", "kl_entropy_op", "knn_op"]
 
 # The small-batch path runs everything in one program (one SM): it wins while launch overhead
 # dominates. Bounds of the paper's regime, and a work bound (pair-coordinates, M*N*d) beyond
@@ -67,26 +67,23 @@ def _interpret_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-# torch.compile runs the assume_constant_result functions eagerly while tracing and keeps their
-# (constant) results, so a first call inside a compiled region neither breaks the graph nor
-# traces the registration.
+_triton_status: str | None = None  # None: not tried yet; "": triton imported; else why not
+
+
+# torch.compile calls assume_constant_result functions eagerly while tracing and keeps their
+# results as constants: the first call may come from inside a compiled region (fullgraph=True)
+# without tracing the import or the op registration.
 @torch.compiler.assume_constant_result
 def _triton_import_error() -> str | None:
-    global _TRITON_IMPORT_ERROR
-    if _TRITON_IMPORT_ERROR is None:
-        _TRITON_IMPORT_ERROR = _try_import_triton()
-    return _TRITON_IMPORT_ERROR or None
-
-
-_TRITON_IMPORT_ERROR: str | None = None  # "" once triton imported fine
-
-
-def _try_import_triton() -> str:
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install
-        return f"triton could not be imported ({type(exc).__name__}: {exc}); install it with `pip install triton`"
-    return ""
+    global _triton_status
+    if _triton_status is None:
+        try:
+            import triton  # noqa: F401
+        except Exception as exc:  # ImportError, or a broken install
+            _triton_status = f"triton could not be imported ({type(exc).__name__}: {exc}); `pip install triton`"
+        else:
+            _triton_status = ""
+    return _triton_status or None
 
 
 def unavailable_reason(z: torch.Tensor) -> str | None:
@@ -165,28 +162,22 @@ def _next_pow2(x: int) -> int:
 INTERPRETER_SEARCH_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 1}
 
 
-def _search_configs(triton, large_k: bool):
-    """Candidate configurations for the search kernels (autotuned per d-, k- and N-class).
-    BLOCK_D = 1 is the rank-1-update inner loop, 4 and 8 the 3-D chunked one."""
-    if large_k:  # KP > 8: the (BLOCK_M, KP) lists need registers too
-        shapes = [(16, 32, 1, 4), (16, 64, 1, 4), (32, 32, 1, 4), (32, 64, 1, 8), (16, 32, 4, 4)]
-    else:
-        shapes = [
-            (32, 32, 1, 4), (64, 32, 1, 4), (64, 64, 1, 4), (64, 64, 1, 8), (128, 64, 1, 8),
-            (64, 128, 1, 8), (128, 128, 1, 8), (32, 32, 4, 4), (64, 32, 4, 4), (32, 32, 8, 4),
-        ]  # fmt: skip
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": bd}, num_warps=w, num_stages=1)
-        for m, n, bd, w in shapes
-    ]
+# Autotuning candidates (BLOCK_M, BLOCK_N, BLOCK_D, num_warps). From the SASS of the sm_90
+# build (no GPU was available to time them): Triton spreads a thread's share of the key tile over
+# all BLOCK_M rows, so short wide tiles (8-16 rows, 256-1024 columns) give a thread 64 keys per
+# 16-20 loads, about 65% FADD/FFMA in the hot loop, against about 35% for 64 x 64; taller tiles
+# reuse each column tile from L2 for more rows. BLOCK_D = 4 is the 3-D chunked inner loop.
+_SEARCH_SHAPES = [
+    (8, 1024, 1, 4), (16, 512, 1, 4), (16, 256, 1, 2), (16, 256, 1, 4), (32, 128, 1, 4),
+    (32, 64, 1, 4), (64, 64, 1, 8), (64, 32, 4, 4),
+]  # fmt: skip
+_SEARCH_SHAPES_LARGE_K = [(8, 512, 1, 4), (16, 256, 1, 4), (16, 64, 1, 4), (32, 32, 1, 4)]  # KP > 8
+# The one-program kernel: N <= 1024, so narrower tiles waste fewer columns.
+_SMALL_SHAPES = [(16, 128, 1, 4), (16, 256, 1, 4), (32, 64, 1, 4), (8, 256, 1, 2), (64, 64, 1, 8)]
+_SMALL_SHAPES_LARGE_K = [(8, 128, 1, 4), (16, 64, 1, 4), (16, 128, 1, 4)]
 
 
-def _small_configs(triton, large_k: bool):
-    """Candidate configurations for the one-program small-batch kernel."""
-    if large_k:
-        shapes = [(16, 32, 1, 4), (16, 64, 1, 4), (32, 32, 1, 8)]
-    else:
-        shapes = [(16, 32, 1, 4), (32, 32, 1, 4), (32, 64, 1, 8), (64, 64, 1, 8), (32, 32, 4, 4)]
+def _configs(triton, shapes):
     return [
         triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": bd}, num_warps=w, num_stages=1)
         for m, n, bd, w in shapes
@@ -209,22 +200,24 @@ def _kernels() -> SimpleNamespace:
     key = ["n_bucket", "d", "K", "NORM"]  # the Autotuner adds the tensors' dtypes
 
     def tuned(large_k: bool) -> SimpleNamespace:
-        configs = _search_configs(triton, large_k)
+        configs = _configs(triton, _SEARCH_SHAPES_LARGE_K if large_k else _SEARCH_SHAPES)
+        small = _configs(triton, _SMALL_SHAPES_LARGE_K if large_k else _SMALL_SHAPES)
         return SimpleNamespace(
             knn=triton.autotune(configs=configs, key=key)(tk._knn_kernel),
             # The atomic variant adds into grad: benchmarking runs must start from zeros.
             search=triton.autotune(configs=configs, key=key, reset_to_zero=["grad_ptr"])(tk._kl_search_kernel),
-            small=triton.autotune(configs=_small_configs(triton, large_k), key=key)(tk._kl_small_kernel),
+            small=triton.autotune(configs=small, key=key)(tk._kl_small_kernel),
         )
 
     return SimpleNamespace(tuned=True, small_k=tuned(False), large_k=tuned(True), sum_terms=tk._sum_terms_kernel,
                            gather=tk._kl_gather_kernel)  # fmt: skip
 
 
-# Gradient kernels: rows per program (whole rows of DP coordinates live in registers) and
-# neighbour-list entries scanned per step.
-def _gather_rows_per_program(dp: int) -> int:
-    return max(1, min(32, 4096 // dp))
+# Gradient kernels: rows per program (whole rows of DP coordinates live in registers: at most
+# 2048 fp32 or 1024 fp64 values per tile, which the sm_90 build holds without spilling up to
+# DP = 256) and neighbour-list entries scanned per step.
+def _gather_rows_per_program(dp: int, fp64: bool) -> int:
+    return max(1, min(32, (1024 if fp64 else 2048) // dp))
 
 
 _GATHER_SCAN = 64
@@ -292,7 +285,7 @@ def _kl_entropy_impl(z, k, p, eps, compute_grad, deterministic, row_begin=0, row
     shape = (n, d, row_begin, row_end, z.stride(0), z.stride(1))
     kind = dict(K=k, KP=launcher.kp, NORM=_NORM_CODES[p])
     dp = _next_pow2(d)
-    block_g = _gather_rows_per_program(dp)
+    block_g = _gather_rows_per_program(dp, z.dtype == torch.float64)
 
     with _device_guard(z):
         if small:
@@ -308,7 +301,7 @@ def _kl_entropy_impl(z, k, p, eps, compute_grad, deterministic, row_begin=0, row
             launcher.searching(
                 "search", lambda meta: (_cdiv(m, meta["BLOCK_M"]),),
                 (z, terms, nbr, grad, *shape, eps_bits, scale_bits, n.bit_length()),
-                dict(kind, STORE_NBR=compute_grad, SCATTER=atomics, EPI_D=min(dp, 64)),
+                dict(kind, STORE_NBR=compute_grad, SCATTER=atomics, EPI_D=min(dp, 32)),
             )  # fmt: skip
         launcher.plain("sum_terms", (1,), (terms, h, m, const_bits, scale_bits), dict(BLOCK=_SUM_BLOCK))
         if compute_grad and not atomics:

@@ -57,7 +57,8 @@ NORM_LINF = 0
 # An index larger than any row: marks excluded candidates (self, padding columns).
 _BIG = tl.constexpr(2**31 - 1)
 _INF = tl.constexpr(float("inf"))
-_NAN = tl.constexpr(float("nan"))
+# (No NaN constant here: Triton checks that a global constexpr keeps its value across kernels,
+# and NaN != NaN fails that check; kernels write float("nan") inline.)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +94,7 @@ def _log_term(key, eps, NORM: tl.constexpr):
     else:
         r2 = k64 * k64
     term = 0.5 * tl.log(r2 + eps * eps)
-    return tl.where(r2 < _INF, term, _NAN)
+    return tl.where(r2 < _INF, term, float("nan"))
 
 
 @triton.jit
@@ -108,7 +109,7 @@ def _weight(key, eps, NORM: tl.constexpr, ACC: tl.constexpr):
     else:
         w = key / (key * key + e * e)
     term = _log_term(key, eps, NORM)
-    return tl.where((term > -_INF) & (term < _INF), w, _NAN)
+    return tl.where((term > -_INF) & (term < _INF), w, float("nan"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,8 +122,7 @@ def _tile_keys(
     z_ptr,  # (N, d) input, any strides
     rows,  # (BLOCK_M,) int32 row indices
     cols,  # (BLOCK_N,) int32 column (other row) indices
-    row_ok,  # (BLOCK_M,) rows that exist
-    col_ok,  # (BLOCK_N,) columns that exist
+    n_rows,  # N: indices >= N are clamped
     d,  # number of coordinates
     stride_n,  # z.stride(0)
     stride_d,  # z.stride(1)
@@ -132,14 +132,15 @@ def _tile_keys(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,  # 1: rank-1 updates; > 1: 3-D chunks of BLOCK_D coordinates
 ):
-    """(BLOCK_M, BLOCK_N) exact pair keys. Missing rows/columns read as zeros (masked later)."""
-    a_base = z_ptr + rows.to(tl.int64) * stride_n
-    b_base = z_ptr + cols.to(tl.int64) * stride_n
+    """(BLOCK_M, BLOCK_N) exact pair keys. Rows/columns past the end are clamped to the last
+    row (unmasked loads are cheaper in the hot loop); the caller discards their keys."""
+    a_base = z_ptr + tl.minimum(rows, n_rows - 1).to(tl.int64) * stride_n
+    b_base = z_ptr + tl.minimum(cols, n_rows - 1).to(tl.int64) * stride_n
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     if BLOCK_D == 1:
         for c in range(0, d):
-            a = tl.load(a_base + c * stride_d, mask=row_ok, other=0.0).to(ACC)
-            b = tl.load(b_base + c * stride_d, mask=col_ok, other=0.0).to(ACC)
+            a = tl.load(a_base + c * stride_d).to(ACC)
+            b = tl.load(b_base + c * stride_d).to(ACC)
             diff = a[:, None] - b[None, :]
             if NORM == 2:
                 acc += diff * diff
@@ -152,8 +153,8 @@ def _tile_keys(
         for c0 in range(0, d, BLOCK_D):
             c = c0 + offs
             c_ok = c < d
-            a = tl.load(a_base[:, None] + c[None, :] * stride_d, mask=row_ok[:, None] & c_ok[None, :], other=0.0)
-            b = tl.load(b_base[:, None] + c[None, :] * stride_d, mask=col_ok[:, None] & c_ok[None, :], other=0.0)
+            a = tl.load(a_base[:, None] + c[None, :] * stride_d, mask=c_ok[None, :], other=0.0)
+            b = tl.load(b_base[:, None] + c[None, :] * stride_d, mask=c_ok[None, :], other=0.0)
             diff = a.to(ACC)[:, None, :] - b.to(ACC)[None, :, :]
             if NORM == 2:
                 acc += tl.sum(diff * diff, axis=2)
@@ -205,8 +206,7 @@ def _merge_tile(keys, cidx, top_key, top_idx):
 @triton.jit
 def _search_rows(
     z_ptr,
-    rows,  # (BLOCK_M,) int32
-    row_ok,  # (BLOCK_M,) bool
+    rows,  # (BLOCK_M,) int32; rows >= N are allowed (their lists are garbage)
     n,
     d,
     stride_n,
@@ -228,9 +228,7 @@ def _search_rows(
     for start in range(0, n, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < n
-        raw = _tile_keys(
-            z_ptr, rows, cols, row_ok, col_ok, d, stride_n, stride_d, NORM, ACC, BLOCK_M, BLOCK_N, BLOCK_D
-        )
+        raw = _tile_keys(z_ptr, rows, cols, n, d, stride_n, stride_d, NORM, ACC, BLOCK_M, BLOCK_N, BLOCK_D)
         candidate = col_ok[None, :] & (cols[None, :] != rows[:, None])  # never the row itself
         keys = tl.where(candidate & (raw == raw), raw, _INF)
         cidx = tl.where(candidate, cols[None, :], _BIG)
@@ -345,7 +343,8 @@ def _scatter_pairs(
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,  # coordinates per chunk
 ):
-    """Adds u = (d/N) w dr(z_i, z_{n_i}) to row i and -u to row n_i with float atomics."""
+    """Adds u = (d/N) w dr(z_i, z_{n_i}) to row i and -u to row n_i with float atomics (relaxed:
+    only the sum matters, nothing reads the gradient before the kernel ends)."""
     w = scale * _weight(key, eps, NORM, ACC)
     a_base = z_ptr + rows.to(tl.int64) * stride_n
     b_base = z_ptr + nbr.to(tl.int64) * stride_n
@@ -370,8 +369,8 @@ def _scatter_pairs(
         a = tl.load(a_base + at * stride_d, mask=row_ok, other=0.0).to(ACC)
         b = tl.load(b_base + at * stride_d, mask=row_ok, other=0.0).to(ACC)
         u = w * _sign(a - b)
-        tl.atomic_add(ga + at, u, mask=row_ok)
-        tl.atomic_add(gb + at, -u, mask=row_ok)
+        tl.atomic_add(ga + at, u, mask=row_ok, sem="relaxed")
+        tl.atomic_add(gb + at, -u, mask=row_ok, sem="relaxed")
     else:
         for c0 in range(0, d, BLOCK_D):
             c = c0 + offs
@@ -382,8 +381,8 @@ def _scatter_pairs(
                 u = w[:, None] * (a - b)
             else:
                 u = w[:, None] * _sign(a - b)
-            tl.atomic_add(ga[:, None] + c[None, :], u, mask=ok)
-            tl.atomic_add(gb[:, None] + c[None, :], -u, mask=ok)
+            tl.atomic_add(ga[:, None] + c[None, :], u, mask=ok, sem="relaxed")
+            tl.atomic_add(gb[:, None] + c[None, :], -u, mask=ok, sem="relaxed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +411,7 @@ def _knn_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n
     top_key, top_idx = _search_rows(
-        z_ptr, rows, row_ok, n, d, stride_n, stride_d, K, KP, NORM, ACC, BLOCK_M, BLOCK_N, BLOCK_D
+        z_ptr, rows, n, d, stride_n, stride_d, K, KP, NORM, ACC, BLOCK_M, BLOCK_N, BLOCK_D
     )
     # Emit the list in ascending order: K rounds of "take the smallest".
     real = (tl.arange(0, KP) < K)[None, :]
@@ -428,7 +427,7 @@ def _knn_kernel(
                 dist = tl.sqrt_rn(mk)
         else:
             dist = mk
-        tl.store(dist_ptr + out + q, tl.where(mk < _INF, dist, _NAN), mask=row_ok)
+        tl.store(dist_ptr + out + q, tl.where(mk < _INF, dist, float("nan")), mask=row_ok)
         tl.store(idx_ptr + out + q, mi.to(tl.int64), mask=row_ok)
         taken = idx == mi[:, None]
         keys = tl.where(taken, _INF, keys)
@@ -464,7 +463,7 @@ def _kl_search_kernel(
     rows = row_begin + tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < row_end
     top_key, top_idx = _search_rows(
-        z_ptr, rows, row_ok, n, d, stride_n, stride_d, K, KP, NORM, ACC, BLOCK_M, BLOCK_N, BLOCK_D
+        z_ptr, rows, n, d, stride_n, stride_d, K, KP, NORM, ACC, BLOCK_M, BLOCK_N, BLOCK_D
     )
     key, nbr = _worst(top_key, top_idx)
     eps = _f64_from_bits(eps_bits)
@@ -560,7 +559,7 @@ def _kl_small_kernel(
         rows = r0 + tl.arange(0, BLOCK_M)
         row_ok = rows < row_end
         top_key, top_idx = _search_rows(
-            z_ptr, rows, row_ok, n, d, stride_n, stride_d, K, KP, NORM, ACC, BLOCK_M, BLOCK_N, BLOCK_D
+            z_ptr, rows, n, d, stride_n, stride_d, K, KP, NORM, ACC, BLOCK_M, BLOCK_N, BLOCK_D
         )
         key, nbr = _worst(top_key, top_idx)
         total += tl.where(row_ok, _log_term(key, eps, NORM), 0.0)

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -29,6 +32,9 @@ import eae_kernels  # noqa: E402
 from eae_kernels import reference, triton_backend  # noqa: E402
 
 from conftest import integer_rows, random_rows  # noqa: E402
+
+# numpy's warnings from inside the interpreter (log(0), inf - inf in the NaN/eps=0 tests).
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS = eae_kernels.DEFAULT_EPS
@@ -104,8 +110,8 @@ def test_matches_cpu_float32(path, k):
 
 @pytest.mark.parametrize("p", P_VALUES)
 def test_chunked_inner_loop_and_wide_rows(path, p, monkeypatch):
-    """BLOCK_D = 4 (3-D chunks, d not a multiple of 4), and d = 70 > 64 coordinates per chunk of
-    the atomic epilogue (p = inf: arg-max across chunks)."""
+    """BLOCK_D = 4 (3-D chunks, d not a multiple of 4), and d = 70: several chunks of the atomic
+    epilogue (p = inf: arg-max across chunks) and a 128-wide gather tile."""
     monkeypatch.setitem(triton_backend.INTERPRETER_SEARCH_CONFIG, "BLOCK_D", 4)
     for n, d in [(33, 6), (20, 70)]:
         z = random_rows(n, d, seed=d)
@@ -329,4 +335,58 @@ def test_unavailable_reason(monkeypatch):
 
 @pytest.mark.parametrize("n, d, k, p", [(2, 1, 1, 2.0), (19, 3, 2, 1.0), (20, 64, 3, math.inf), (1000, 128, 5, 2.0)])
 def test_constant_matches_the_reference(n, d, k, p):
-    assert triton_backend._kl_constant(n, d, k, p) == pytest.approx(reference.kl_constant(n, d, k, p), rel=1e-14, abs=1e-13)
+    expected = reference.kl_constant(n, d, k, p)
+    assert triton_backend._kl_constant(n, d, k, p) == pytest.approx(expected, rel=1e-14, abs=1e-13)
+
+
+# Compiles kernel variants for real GPUs in a fresh process (the interpreter is off there), with
+# Triton's bundled ptxas and no GPU: catches what the interpreter cannot (lowering, typing,
+# Triton's compile-time checks). Each line: kernel, signature dtypes, constexprs, num_warps.
+_AOT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from eae_kernels import triton_kernels as tk
+
+    def sig(kernel, dtypes):
+        names = [p.name for p in kernel.params if not p.is_constexpr]
+        return {name: dtypes.get(name, "i32") for name in names}
+
+    search = {"terms_ptr": "*fp64", "nbr_ptr": "*i64", "eps_bits": "i64", "scale_bits": "i64"}
+    small = {"h_ptr": "*fp32", "nbr_ptr": "*i64", "eps_bits": "i64", "const_bits": "i64", "scale_bits": "i64"}
+    gather = {"nbr_ptr": "*i64", "eps_bits": "i64", "scale_bits": "i64"}
+    cases = [
+        (tk._knn_kernel, {"z_ptr": "*fp32", "dist_ptr": "*fp32", "idx_ptr": "*i64"},
+         dict(K=3, KP=4, NORM=2, BLOCK_M=16, BLOCK_N=512, BLOCK_D=1), 4),
+        (tk._kl_search_kernel, dict(search, z_ptr="*fp32", grad_ptr="*fp32"),
+         dict(K=1, KP=1, NORM=0, STORE_NBR=True, SCATTER=True, EPI_D=32, BLOCK_M=8, BLOCK_N=1024, BLOCK_D=1), 4),
+        (tk._kl_search_kernel, dict(search, z_ptr="*bf16", grad_ptr="*bf16"),
+         dict(K=3, KP=4, NORM=1, STORE_NBR=True, SCATTER=False, EPI_D=32, BLOCK_M=64, BLOCK_N=32, BLOCK_D=4), 4),
+        (tk._kl_search_kernel, dict(search, z_ptr="*fp64", grad_ptr="*fp64"),
+         dict(K=9, KP=16, NORM=2, STORE_NBR=True, SCATTER=True, EPI_D=32, BLOCK_M=16, BLOCK_N=64, BLOCK_D=1), 4),
+        (tk._kl_small_kernel, dict(small, z_ptr="*fp16", grad_ptr="*fp16"),
+         dict(K=3, KP=4, NORM=2, COMPUTE_GRAD=True, BLOCK_G=8, DP=256, BLOCK_M=16, BLOCK_N=128, BLOCK_D=1), 4),
+        (tk._sum_terms_kernel, {"terms_ptr": "*fp64", "h_ptr": "*fp32", "const_bits": "i64", "scale_bits": "i64"},
+         dict(BLOCK=1024), 4),
+        (tk._kl_gather_kernel, dict(gather, z_ptr="*fp32", grad_ptr="*fp32"),
+         dict(NORM=0, BLOCK_G=16, BLOCK_N=64, DP=128), 4),
+        (tk._kl_gather_kernel, dict(gather, z_ptr="*fp64", grad_ptr="*fp64"),
+         dict(NORM=1, BLOCK_G=16, BLOCK_N=64, DP=64), 4),
+    ]
+    for arch in (80, 90):
+        for kernel, dtypes, constexprs, warps in cases:
+            src = ASTSource(kernel, sig(kernel, dtypes), constexprs=constexprs)
+            triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+            print("compiled", kernel.__name__, "sm_%d" % arch, flush=True)
+    """
+)
+
+
+def test_kernels_compile_for_sm80_and_sm90():
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    done = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("compiled") == 16
