@@ -33,7 +33,7 @@ class Check:
 
 def check_kl(h: torch.Tensor, grad: torch.Tensor | None, h_ref: torch.Tensor, grad_ref: torch.Tensor | None) -> Check:
     """H (and the gradient, when both are given) against the reference's."""
-    h, h_ref = float(h), float(h_ref)
+    h, h_ref = float(torch.as_tensor(h).detach()), float(torch.as_tensor(h_ref).detach())
     h_err = abs(h - h_ref) / max(1.0, abs(h_ref))
     ok = math.isfinite(h) and h_err <= H_RTOL
     detail = f"H rel err {h_err:.1e}"

@@ -49,7 +49,7 @@ class Settings:
     ks: tuple = KS
     methods: tuple = ()  # --methods keys; empty: all of benchmarks.methods.METHOD_KEYS
     threads: int = 2  # CPU threads (torch, OpenMP, faiss)
-    target_s: float = 2.0  # time spent on the timed repeats of one measurement
+    target_s: float = 1.0  # time spent on the timed repeats of one measurement
     max_call_s: float = 60.0  # skip a case predicted to take longer per call
     memory_budget_bytes: int = 0  # skip (as OOM) a case predicted to need more; 0: 60% of what is free
     seed: int = 0
@@ -400,6 +400,10 @@ def _run_sweep(settings: Settings, progress: bool, command: str) -> dict:
         settings.memory_budget_bytes = int(0.6 * memory.available_bytes(device))
     started = datetime.datetime.now().astimezone()
     t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    if load_before > 0.5 * settings.threads:
+        print(f"WARNING: the machine is busy (load average {load_before:.1f} for {settings.threads} threads): "
+              "timings will be noisy; run on a quiet machine for numbers to publish", file=sys.stderr)
     keys = settings.methods or METHOD_KEYS
     methods = all_methods(device, keys, fresh_keops_folder() if settings.fresh_keops_cache else None)
     print(
@@ -433,6 +437,7 @@ def _run_sweep(settings: Settings, progress: bool, command: str) -> dict:
         "command": command,
         "started": started.isoformat(timespec="seconds"),
         "duration_s": time.perf_counter() - t0,
+        "load_average": {"before": load_before, "after": os.getloadavg()[0]},
         "settings": {**asdict(settings), "sizes": sorted(settings.sizes)},
         "machine": machine.describe(device, settings.threads),
         "fma_peak": peak,
@@ -482,7 +487,7 @@ def parse_args(argv=None) -> tuple:
     p.add_argument("--methods", nargs="+", choices=("ours", "reference", "compile", "pykeops", "faiss"),
                    help="default: all")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's default, at most the cores)")
-    p.add_argument("--target-s", type=float, help="seconds spent on the timed repeats of one measurement (default 2)")
+    p.add_argument("--target-s", type=float, help="seconds spent on the timed repeats of one measurement (default 1)")
     p.add_argument("--max-call-s", type=float, default=60.0, help="skip cases predicted to take longer per call (default 60)")
     p.add_argument("--memory-budget-gb", type=float, help="skip (as OOM) cases predicted to need more (default: 60%% of free memory)")
     p.add_argument("--seed", type=int, default=0)

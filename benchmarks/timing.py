@@ -26,6 +26,7 @@ import torch
 @dataclass
 class Timing:
     median_s: float  # median time of one call
+    min_s: float  # fastest sample (kept in the JSON: on a busy machine it is the steadier figure)
     first_s: float  # the first call at this size (includes compilation for methods that compile)
     repeats: int  # samples the median is taken over
     inner: int  # calls per sample
@@ -34,6 +35,7 @@ class Timing:
     def as_dict(self) -> dict:
         return {
             "median_s": self.median_s,
+            "min_s": self.min_s,
             "first_s": self.first_s,
             "repeats": self.repeats,
             "inner": self.inner,
@@ -98,11 +100,11 @@ def measure(
         estimate = holder[0]
     first = estimate if first is None else first
     if estimate >= target_s:
-        return Timing(estimate, first, 1, 1, peak)
+        return Timing(estimate, estimate, first, 1, 1, peak)
     if estimate < target_s / 4:
         estimate = clock(fn)  # cheap calls get a second warm-up (caches, thread pools)
     inner = max(1, min(1000, math.ceil(min_sample_s / max(estimate, 1e-9))))
     per_sample = estimate * inner
     repeats = int(min(max_repeats, max(min_repeats, target_s // per_sample)))
     samples = [clock(fn, inner) / inner for _ in range(repeats)]
-    return Timing(statistics.median(samples), first, repeats, inner, peak)
+    return Timing(statistics.median(samples), min(samples), first, repeats, inner, peak)
