@@ -713,34 +713,6 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tile configurations (see TileConfig in topk.cuh)
-// ---------------------------------------------------------------------------------------------
-
-// Large: BM x BN = 128 x 128 for k = 1 in fp32 (8 x 8 per thread); fewer rows per thread for
-// longer lists, so that the lists stay in registers.
-template <class T, int K>
-struct LargeTile;
-template <int K>
-struct LargeTile<float, K> {
-  using type = TileConfig<float, K, (K == 1 ? 8 : K == 4 ? 4 : 2), 8, 16, 16, 16>;
-};
-template <int K>
-struct LargeTile<double, K> {
-  using type = TileConfig<double, K, (K == 1 ? 4 : K == 4 ? 2 : 1), 4, 16, 16, 8>;
-};
-// Small: 8 rows per block, one warp per row, for batches too small to fill the GPU with large tiles.
-template <class T, int K>
-struct SmallTile;
-template <int K>
-struct SmallTile<float, K> {
-  using type = TileConfig<float, K, 1, 4, 8, 32, 16>;
-};
-template <int K>
-struct SmallTile<double, K> {
-  using type = TileConfig<double, K, 1, 2, 8, 32, 8>;
-};
-
-// ---------------------------------------------------------------------------------------------
 // Host side: the plan of a call, and the launches
 // ---------------------------------------------------------------------------------------------
 
@@ -748,17 +720,18 @@ enum class Searcher : int { kSmall, kLarge, kList };
 
 int list_capacity(int64_t k) { return k == 1 ? 1 : k <= 4 ? 4 : 16; }
 
-int large_tile_rows(int capacity, bool is_double) {
-  const int rows = capacity == 1 ? 128 : capacity == 4 ? 64 : 32;
-  return is_double ? rows / 2 : rows;
+template <class T>
+int tile_rows(Searcher s, int capacity) {
+  switch (s) {
+    case Searcher::kLarge:
+      return capacity == 1 ? LargeTile<T, 1>::type::BM : capacity == 4 ? LargeTile<T, 4>::type::BM : LargeTile<T, 16>::type::BM;
+    case Searcher::kSmall: return SmallTile<T, 1>::type::BM;
+    case Searcher::kList: default: return ListSearch<T>::ROWS;
+  }
 }
 
 int rows_per_block(Searcher s, int capacity, bool is_double) {
-  switch (s) {
-    case Searcher::kLarge: return large_tile_rows(capacity, is_double);
-    case Searcher::kSmall: return 8;
-    case Searcher::kList: default: return kWarps;
-  }
+  return is_double ? tile_rows<double>(s, capacity) : tile_rows<float>(s, capacity);
 }
 
 int multiprocessor_count() {
@@ -795,11 +768,13 @@ Searcher choose_searcher(int64_t m, int64_t k, bool is_double, bool fused) {
   if (env_is("EAE_KERNELS_CUDA_TILE", "small")) return Searcher::kSmall;
   if (env_is("EAE_KERNELS_CUDA_TILE", "large")) return Searcher::kLarge;
   if (fused) return Searcher::kSmall;
-  // Large tiles reuse each staged value across more distances (more fp32 work per shared-memory
-  // load), but need enough row blocks to occupy every multiprocessor.
-  const int64_t large_blocks = (m + large_tile_rows(list_capacity(k), is_double) - 1) /
-                               large_tile_rows(list_capacity(k), is_double);
-  return large_blocks >= multiprocessor_count() ? Searcher::kLarge : Searcher::kSmall;
+  // Large tiles reuse each staged value for 8x more distances than small ones (the small tile is
+  // bound by shared-memory loads at about half the fp32 rate), so they win as soon as their row
+  // blocks fill about half of the multiprocessors. (Estimated, not yet measured: see
+  // scripts/gpu_check.sh, which times both.)
+  const int rows = rows_per_block(Searcher::kLarge, list_capacity(k), is_double);
+  const int64_t large_blocks = (m + rows - 1) / rows;
+  return 2 * large_blocks >= multiprocessor_count() ? Searcher::kLarge : Searcher::kSmall;
 }
 
 constexpr size_t kAlign = 256;

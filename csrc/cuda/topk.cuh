@@ -224,5 +224,30 @@ struct TileConfig {
   EAE_CUDA_HD static int col_of(int tx, int c) { return tx + COL_THREADS * c; }
 };
 
+// The configurations the kernels use (kl_cuda.cu), all with 256 threads.
+// Large: BM x BN = 128 x 128 for k = 1 in fp32 (8 x 8 per thread); fewer rows per thread for
+// longer lists, so that the lists stay in registers.
+template <class T, int K>
+struct LargeTile;
+template <int K>
+struct LargeTile<float, K> {
+  using type = TileConfig<float, K, (K == 1 ? 8 : K == 4 ? 4 : 2), 8, 16, 16, 16>;
+};
+template <int K>
+struct LargeTile<double, K> {
+  using type = TileConfig<double, K, (K == 1 ? 4 : K == 4 ? 2 : 1), 4, 16, 16, 8>;
+};
+// Small: 8 rows per block, one warp per row, for batches too small to fill the GPU with large tiles.
+template <class T, int K>
+struct SmallTile;
+template <int K>
+struct SmallTile<float, K> {
+  using type = TileConfig<float, K, 1, 4, 8, 32, 32>;
+};
+template <int K>
+struct SmallTile<double, K> {
+  using type = TileConfig<double, K, 1, 2, 8, 32, 16>;
+};
+
 }  // namespace cuda
 }  // namespace eae

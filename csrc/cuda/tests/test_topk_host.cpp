@@ -104,9 +104,10 @@ static void test_single_list(std::mt19937& rng) {
 }
 
 // 2. The kernels' split of columns between the lanes of a row group, then the butterfly merge.
-template <class T, int K, int GROUP, int TN>
+template <class Cfg>
 static void test_group_merge(std::mt19937& rng) {
-  constexpr int BN = GROUP * TN;
+  using T = typename Cfg::Scalar;
+  constexpr int K = Cfg::K, GROUP = Cfg::COL_THREADS, TN = Cfg::TN, BN = Cfg::BN;
   for (int trial = 0; trial < 100; ++trial) {
     const int n = K + 1 + static_cast<int>(rng() % (3 * BN));
     const bool non_finite = trial % 3 == 2;
@@ -117,7 +118,7 @@ static void test_group_merge(std::mt19937& rng) {
     for (int tile = 0; tile * BN < n; ++tile)
       for (int tx = 0; tx < GROUP; ++tx)
         for (int q = 0; q < TN; ++q) {
-          const int j = tile * BN + tx + GROUP * q;  // TileConfig::col_of
+          const int j = tile * BN + Cfg::col_of(tx, q);
           if (j < n && j != self) lane[tx].consider(keys[j], j);
         }
     for (int s = 1; s < GROUP; s *= 2) {  // merge_group: every lane merges with lane ^ s
@@ -214,27 +215,29 @@ int main() {
   test_single_list<float, 16>(rng);
   test_single_list<double, 4>(rng);
 
-  test_group_merge<float, 1, 16, 8>(rng);   // large tile, k = 1
-  test_group_merge<float, 4, 16, 8>(rng);   // large tile, k <= 4
-  test_group_merge<float, 16, 16, 8>(rng);  // large tile, k <= 16
-  test_group_merge<float, 1, 32, 4>(rng);   // small tile
-  test_group_merge<float, 4, 32, 4>(rng);
-  test_group_merge<float, 16, 32, 4>(rng);
-  test_group_merge<double, 1, 16, 4>(rng);
-  test_group_merge<double, 16, 32, 2>(rng);
+  test_group_merge<eae::cuda::LargeTile<float, 1>::type>(rng);
+  test_group_merge<eae::cuda::LargeTile<float, 4>::type>(rng);
+  test_group_merge<eae::cuda::LargeTile<float, 16>::type>(rng);
+  test_group_merge<eae::cuda::SmallTile<float, 1>::type>(rng);
+  test_group_merge<eae::cuda::SmallTile<float, 4>::type>(rng);
+  test_group_merge<eae::cuda::SmallTile<float, 16>::type>(rng);
+  test_group_merge<eae::cuda::LargeTile<double, 1>::type>(rng);
+  test_group_merge<eae::cuda::SmallTile<double, 16>::type>(rng);
 
   test_accumulate<float>(rng);
   test_accumulate<double>(rng);
 
-  // The configurations of kl_cuda.cu (LargeTile, SmallTile).
-  test_tile_config<TileConfig<float, 1, 8, 8, 16, 16, 16>>("large f32 K=1");
-  test_tile_config<TileConfig<float, 4, 4, 8, 16, 16, 16>>("large f32 K=4");
-  test_tile_config<TileConfig<float, 16, 2, 8, 16, 16, 16>>("large f32 K=16");
-  test_tile_config<TileConfig<double, 1, 4, 4, 16, 16, 8>>("large f64 K=1");
-  test_tile_config<TileConfig<double, 4, 2, 4, 16, 16, 8>>("large f64 K=4");
-  test_tile_config<TileConfig<double, 16, 1, 4, 16, 16, 8>>("large f64 K=16");
-  test_tile_config<TileConfig<float, 16, 1, 4, 8, 32, 16>>("small f32");
-  test_tile_config<TileConfig<double, 16, 1, 2, 8, 32, 8>>("small f64");
+  // The configurations kl_cuda.cu uses.
+  using eae::cuda::LargeTile;
+  using eae::cuda::SmallTile;
+  test_tile_config<LargeTile<float, 1>::type>("large f32 K=1");
+  test_tile_config<LargeTile<float, 4>::type>("large f32 K=4");
+  test_tile_config<LargeTile<float, 16>::type>("large f32 K=16");
+  test_tile_config<LargeTile<double, 1>::type>("large f64 K=1");
+  test_tile_config<LargeTile<double, 4>::type>("large f64 K=4");
+  test_tile_config<LargeTile<double, 16>::type>("large f64 K=16");
+  test_tile_config<SmallTile<float, 16>::type>("small f32 K=16");
+  test_tile_config<SmallTile<double, 16>::type>("small f64 K=16");
 
   if (failures) {
     std::printf("%d check(s) failed\n", failures);
