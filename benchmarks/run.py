@@ -246,23 +246,24 @@ class Sweep:
         if method.forward_only:
             ref = self.truth_distances(z, k, truth)
             if ref is None:
-                rec["check"] = {"ok": None, "detail": truth["why_unchecked"]}
+                rec["check"] = {"ok": None, "detail": truth["why_no_kth"]}
                 return
             rec["check"] = checks.check_distances(out["fwd"], ref).as_dict()
             return
         if not self.truth_kl(z, k, truth):
-            rec["check"] = {"ok": None, "detail": truth["why_unchecked"]}
+            rec["check"] = {"ok": None, "detail": truth["why_no_kl"]}
             return
         fwd = checks.check_kl(out["fwd"], None, truth["h_fwd"], None)
         both = checks.check_kl(out["h"], out["grad"], truth["h"], truth["grad"])
         ok = fwd.ok and both.ok
         rec["check"] = {"ok": ok, "detail": both.detail + ("" if fwd.ok else f"; forward only: {fwd.detail}")}
 
-    def _fits(self, bytes_needed: float, truth: dict) -> bool:
+    def _fits(self, bytes_needed: float, truth: dict, why_key: str) -> bool:
+        """Whether a reference computation of ``bytes_needed`` fits the budget (else says why)."""
         from .report import fmt_bytes
 
         if bytes_needed > self.s.memory_budget_bytes:
-            truth["why_unchecked"] = f"not checked: the reference needs ~{fmt_bytes(bytes_needed)} (over budget)"
+            truth[why_key] = f"not checked: the reference needs ~{fmt_bytes(bytes_needed)} (over budget)"
             return False
         return True
 
@@ -271,13 +272,13 @@ class Sweep:
         computed here, untimed, when the reference is not among the timed methods)."""
         if "h" in truth:
             return True
-        if "why_unchecked" in truth:
+        if "why_no_kl" in truth:
             return False
         ref = next((r for r in self.records if r["key"] == "reference" and (r["N"], r["d"], r["k"]) == (z.shape[0], z.shape[1], k)), None)
         if ref is not None and ref["status"] != "ok":
-            truth["why_unchecked"] = f"not checked: the reference did not run ({ref['status']})"
+            truth["why_no_kl"] = f"not checked: the reference did not run ({ref['status']})"
             return False
-        if not self._fits(REFERENCE_BYTES_PER_N2 * z.shape[0] ** 2, truth):
+        if not self._fits(REFERENCE_BYTES_PER_N2 * z.shape[0] ** 2, truth, "why_no_kl"):
             return False
         import torch
 
@@ -294,7 +295,7 @@ class Sweep:
     def truth_distances(self, z, k: int, truth: dict):
         """The reference's k-th neighbour distances (computed once per case, untimed)."""
         if "kth" not in truth:
-            if not self._fits(3 * 4 * z.shape[0] ** 2, truth):
+            if "why_no_kth" in truth or not self._fits(3 * 4 * z.shape[0] ** 2, truth, "why_no_kth"):
                 return None
             from .checks import reference_kth_distances
 
@@ -309,9 +310,9 @@ class Sweep:
             torch.cuda.empty_cache()
 
     def warm_up(self) -> None:
-        """Run every method once on a tiny input: loads libraries, builds thread pools and
-        compiles the first graphs, so that none of it lands in the first measured case. A method
-        that fails here is recorded as an error for every case, with the reason."""
+        """Run every method once on a tiny input: loads libraries and builds thread pools, so
+        that none of it lands in the first measured case. A method that fails here is skipped in
+        every case, with the reason."""
         import torch
 
         z = make_input(*WARM_UP_SHAPE, self.s.seed, self.device)
