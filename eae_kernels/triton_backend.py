@@ -55,7 +55,7 @@ SMALL_BATCH_MAX_ROWS = 1024
 SMALL_BATCH_MAX_DIM = 256
 SMALL_BATCH_MAX_WORK = 1 << 22
 
-_NORM_CODES = {1.0: 1, 2.0: 2, math.inf: 0}  # triton_kernels.NORM_*
+_NORM_CODES = {1.0: 1, 2.0: 2, math.inf: 0}  # p -> the kernels' NORM (the C++ core's Norm codes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,14 +256,21 @@ class _Launcher:
         return _GATHER_SCAN if self.kernels.tuned else _INTERPRETER_GATHER_SCAN
 
 
+def _concrete(x):
+    """A Python int for a size or int argument. Under torch.compile with dynamic shapes these are
+    SymInts; the host-side constants (log-volume, digamma, bit patterns) need real values, so
+    this specialises (adds a guard) instead."""
+    return int(x) if isinstance(x, torch.SymInt) else x
+
+
 def _kl_entropy_impl(z, k, p, eps, compute_grad, deterministic, row_begin=0, row_end=-1, *, wrap=None):
     """The Triton kl_entropy: see the module docstring and csrc/bindings.cpp for the contract."""
-    k = check_k(k)
+    k = check_k(_concrete(k))
     check_z(z, k)
     p = check_p(p)
     eps = check_eps(eps)
-    n, d = z.shape
-    row_begin, row_end = _check_row_range(n, row_begin, row_end)
+    n, d = (_concrete(size) for size in z.shape)
+    row_begin, row_end = _check_row_range(n, _concrete(row_begin), _concrete(row_end))
     m = row_end - row_begin
     launcher = _Launcher(k, wrap)
     small = n <= SMALL_BATCH_MAX_ROWS and d <= SMALL_BATCH_MAX_DIM and m * n * d <= SMALL_BATCH_MAX_WORK
@@ -282,7 +289,7 @@ def _kl_entropy_impl(z, k, p, eps, compute_grad, deterministic, row_begin=0, row
     eps_bits = _f64_bits(eps)
     const_bits = _f64_bits(_kl_constant(n, d, k, p) if row_begin == 0 and m > 0 else 0.0)
     scale_bits = _f64_bits(d / n)
-    shape = (n, d, row_begin, row_end, z.stride(0), z.stride(1))
+    shape = (n, d, row_begin, row_end, _concrete(z.stride(0)), _concrete(z.stride(1)))
     kind = dict(K=k, KP=launcher.kp, NORM=_NORM_CODES[p])
     dp = _next_pow2(d)
     block_g = _gather_rows_per_program(dp, z.dtype == torch.float64)
@@ -315,17 +322,17 @@ def _kl_entropy_impl(z, k, p, eps, compute_grad, deterministic, row_begin=0, row
 
 def _knn_impl(z, k, p, *, wrap=None):
     """The Triton knn: (N, k) ascending distances and int64 indices, as torch.ops.eae_kernels.knn."""
-    k = check_k(k)
+    k = check_k(_concrete(k))
     check_z(z, k)
     p = check_p(p)
-    n, d = z.shape
+    n, d = (_concrete(size) for size in z.shape)
     launcher = _Launcher(k, wrap)
     dist = z.new_empty((n, k), dtype=accumulation_dtype(z.dtype))
     idx = z.new_empty((n, k), dtype=torch.int64)
     with _device_guard(z):
         launcher.searching(
             "knn", lambda meta: (_cdiv(n, meta["BLOCK_M"]),),
-            (z, dist, idx, n, d, z.stride(0), z.stride(1), n.bit_length()),
+            (z, dist, idx, n, d, _concrete(z.stride(0)), _concrete(z.stride(1)), n.bit_length()),
             dict(K=k, KP=launcher.kp, NORM=_NORM_CODES[p]),
         )  # fmt: skip
     return dist, idx

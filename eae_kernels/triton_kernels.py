@@ -40,19 +40,15 @@ Kernels:
   _kl_small_kernel   one program does everything (search, H, gather): the small-batch path, one
                      launch, no intermediate tensor, no atomics.
 
-Scalars that need float64 (eps, the constant part of H, d/N) travel as their int64 bit
-patterns, because Triton passes Python floats as float32.
+The norm is the constexpr NORM: 1, 2, or 0 for inf (the C++ core's Norm codes). Scalars that
+need float64 (eps, the constant part of H, d/N) travel as their int64 bit patterns, because
+Triton passes Python floats as float32.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
-
-# The norm codes (the `p` of the C++ core's Norm enum; inf is 0).
-NORM_L1 = 1
-NORM_L2 = 2
-NORM_LINF = 0
 
 # An index larger than any row: marks excluded candidates (self, padding columns).
 _BIG = tl.constexpr(2**31 - 1)
@@ -100,9 +96,9 @@ def _log_term(key, eps, NORM: tl.constexpr):
 @triton.jit
 def _weight(key, eps, NORM: tl.constexpr, ACC: tl.constexpr):
     """d/dr of 0.5 log(r^2 + eps^2) in the form the direction multiplies (core/kl_math.h):
-    1 / (r^2 + eps^2) for p = 2 (direction a - b), r / (r^2 + eps^2) for p = 1, inf (direction
-    sign(a - b)). NaN where the row's log term is not finite (non-finite input, or eps = 0 with a
-    zero distance), as on the CPU."""
+    1 / (r^2 + eps^2) for p = 2 (direction a - b), r / (r^2 + eps^2) for p = 1 and inf
+    (direction sign(a - b)). NaN where the row's log term is not finite (non-finite input, or
+    eps = 0 with a zero distance), as on the CPU."""
     e = eps.to(ACC)
     if NORM == 2:
         w = 1.0 / (key + e * e)
