@@ -17,10 +17,6 @@
 #include "kl_cuda.h"
 
 namespace eae {
-
-// Defined in bindings.cpp (shared with the CPU op): 0 <= row_begin <= row_end <= N, -1 = N.
-cpu::RowRange check_row_range(const at::Tensor& z, int64_t row_begin, int64_t row_end);
-
 namespace {
 
 void check_launch(cudaError_t err, const char* op) {
