@@ -10,7 +10,9 @@ the compiled kernels on CUDA tensors.
 
 Every kl_entropy test runs on the three execution paths: the one-program small-batch kernel,
 the tiled kernels with the atomic gradient, and the tiled kernels with the deterministic
-gather (fixture `path`).
+gather (fixture `path`). Two tests at the end cover what the interpreter cannot, still without a
+GPU: the kernels compile for sm_80 and sm_90, and the GPU registration (triton_op) traces into
+its kernels as torch.compile does.
 """
 
 from __future__ import annotations
@@ -344,11 +346,14 @@ def test_constant_matches_the_reference(n, d, k, p):
 # Triton's compile-time checks). Each line: kernel, signature dtypes, constexprs, num_warps.
 _AOT_SCRIPT = textwrap.dedent(
     """
-    import sys
+    import inspect
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from eae_kernels import triton_kernels as tk
+
+    if "constexprs" not in inspect.signature(ASTSource).parameters:  # triton < 3.3
+        raise SystemExit("UNSUPPORTED: this triton's ASTSource takes no constexprs")
 
     def sig(kernel, dtypes):
         names = [p.name for p in kernel.params if not p.is_constexpr]
@@ -388,6 +393,8 @@ def test_kernels_compile_for_sm80_and_sm90():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     done = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    if "UNSUPPORTED" in done.stderr:
+        pytest.skip(done.stderr.strip().splitlines()[-1])
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.count("compiled") == 16
 
