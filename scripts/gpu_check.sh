@@ -8,11 +8,12 @@
 #      d=64, N in {100, 1024, 16384, 65536}; the design targets (N=65536 with d=128 as a fraction
 #      of fp32 peak); the CUDA tile/path variants; a CUDA-graph replay at N=100; and the scale
 #      run N=1,000,000, d=64 with its peak memory                                         ~2 min
+#   3b. scripts/gpu_triton_check.py: Triton kernel count, CUDA graph, small/tiled crossover (<= 90 s)
 #   4. pytest -x tests (the whole suite, CUDA cases included) with the time that is left
 #
 # Usage (from the repository root):  OUT=/some/dir bash scripts/gpu_check.sh
 # Everything it prints is also written under $OUT: build.log, test_cuda.log, bench.log,
-# bench.json, bench.md, tests.log and summary.txt (what passed, what failed).
+# bench.json, bench.md, triton_check.log, tests.log and summary.txt (what passed, what failed).
 # GPU_CHECK_DRY=1 rehearses the script without a GPU (no build, no tests; the timing harness on
 # the CPU backend at small N), so that a mistake in it does not cost GPU time.
 set -u
@@ -259,6 +260,12 @@ with open(os.path.join(out, "bench.md"), "w") as f:
 PYEOF
 note "bench: exit $? ($(elapsed) s); results in bench.md / bench.json"
 cat "$OUT/bench.log"
+
+# ---- 3b. Triton specifics: kernel count of the small path, CUDA graph, small/tiled crossover ----
+if [ "$DRY" != 1 ] && [ "$(left)" -gt 90 ]; then
+  timeout 90 "$PY" scripts/gpu_triton_check.py >"$OUT/triton_check.log" 2>&1
+  note "triton check: exit $? ($(elapsed) s); see triton_check.log"
+fi
 
 # ---- 4. The whole suite with the time that is left ---------------------------------------------
 if [ "$DRY" = 1 ]; then
