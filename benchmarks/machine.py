@@ -106,7 +106,8 @@ def _compiler() -> Optional[str]:
 
 
 def _run_fma(binary: str, iterations: int, threads: int) -> float:
-    out = subprocess.run([binary, str(iterations), str(threads)], capture_output=True, text=True, check=True, timeout=120)
+    cmd = [binary, str(iterations), str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120)
     return float(out.stdout.split()[2])
 
 

@@ -105,10 +105,10 @@ def keops_kl_entropy(z: torch.Tensor, k: int, lazy_tensor, eps: float = eae_kern
     """H by pykeops, the way KeOps itself recommends for a differentiable k-NN loss.
 
     KeOps cannot differentiate through its k-min reductions (``Kmin_argKmin`` raises
-    NotImplementedError, pointing to ``argKmin`` instead), so the neighbour *indices* come from a KeOps ``argKmin``
-    (no N x N buffer) and the distances to them are recomputed in torch, which autograd
-    differentiates: O(N k d) extra work. The row itself is among the k+1 nearest and is removed
-    by index.
+    NotImplementedError in backward and points to ``argKmin``), so the neighbour *indices* come
+    from a KeOps ``argKmin`` (no N x N buffer) and the distances to them are recomputed in torch,
+    which autograd differentiates: O(N k d) extra work. The row itself is among the k+1 nearest
+    and is removed by index.
     """
     n, d = z.shape
     zd = z.detach()

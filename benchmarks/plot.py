@@ -84,5 +84,6 @@ def plot(results: dict, out_dir: Path, stem: str) -> dict:
 
     paths = {"time_png": out_dir / f"{stem}_time.png", "memory_png": out_dir / f"{stem}_memory.png"}
     _figure(results, seconds, "seconds per call", f"Forward+backward time vs N ({label})", paths["time_png"])
-    _figure(results, peak, "peak extra memory (MB)", f"Peak extra memory of forward+backward vs N ({label})", paths["memory_png"])
+    _figure(results, peak, "peak extra memory (MB)", f"Peak extra memory of forward+backward vs N ({label})",
+            paths["memory_png"])
     return paths

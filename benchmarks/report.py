@@ -62,10 +62,11 @@ def evaluate_targets(results: dict) -> list:
         for n, d, k, goal in SPEEDUP_TARGETS:
             rec = find(records, ours, n, d, k)
             speedup = rec.get("speedup_fwd_bwd") if rec else None
+            missing = _why_missing(rec, find(records, REFERENCE, n, d, k))
             out.append(
                 {
                     "target": f"{ours}: forward+backward >= {goal:g}x faster than reference at N={n}, d={d}, k={k}",
-                    "measured": _speedup_text(speedup, goal) if speedup else _why_missing(rec, find(records, REFERENCE, n, d, k)),
+                    "measured": _speedup_text(speedup, goal) if speedup else missing,
                     "met": None if speedup is None else speedup >= goal,
                 }
             )
@@ -249,7 +250,8 @@ def memory_table(results: dict, d: int, k: int) -> list:
 
 
 def detail_table(results: dict, d: int, k: int) -> list:
-    header = ["N", "method", "fwd", "fwd+bwd", "speedup fwd", "speedup fwd+bwd", "compile", "peak mem", "repeats", "check"]
+    header = ["N", "method", "fwd", "fwd+bwd", "speedup fwd", "speedup fwd+bwd", "compile", "peak mem", "repeats",
+              "check"]
     rows = []
     for n in results["settings"]["sizes"]:
         for rec in results["records"]:
@@ -285,7 +287,8 @@ def machine_lines(results: dict) -> list:
         f"- Command: `{results['command']}` ({results['started']}, took {results['duration_s'] / 60:.1f} min)",
         f"- Machine: {m['cpu']}, {m['cpu_cores']} cores{' (virtual machine)' if m['hypervisor'] else ''}, "
         f"{m['memory_gib']} GiB; {s['threads']} threads (torch.set_num_threads); "
-        f"eae-kernels {m['eae_kernels']} (CPU kernel: {m['eae_kernels_cpu_isa']}), torch {m['torch']}, Python {m['python']}",
+        f"eae-kernels {m['eae_kernels']} (CPU kernel: {m['eae_kernels_cpu_isa']}), torch {m['torch']}, "
+        f"Python {m['python']}",
     ]
     load = results["load_average"]
     lines.append(
@@ -299,7 +302,8 @@ def machine_lines(results: dict) -> list:
             f"- fp32 FMA peak, measured (benchmarks/fma_peak.cpp): {peak['measured_gfma_s']:.0f} GFMA/s on "
             f"{peak['threads']} threads, {peak['measured_gfma_s_1_thread']:.0f} on 1 "
             f"(= {peak['implied_ghz']:.2f} GHz x {peak['fma_pipes_assumed']} FMA pipes x {peak['simd_lanes']} lanes); "
-            f"nominal {peak.get('nominal_gfma_s', float('nan')):.0f} GFMA/s at the reported {peak.get('nominal_ghz', float('nan')):.2f} GHz"
+            f"nominal {peak.get('nominal_gfma_s', float('nan')):.0f} GFMA/s at the reported "
+            f"{peak.get('nominal_ghz', float('nan')):.2f} GHz"
         )
     elif peak.get("error"):
         lines.append(f"- fp32 FMA peak: not measured ({peak['error']})")

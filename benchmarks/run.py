@@ -29,7 +29,6 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 RESULTS_DIR = Path(__file__).resolve().with_name("results")
 SIZES = (100, 256, 1024, 4096, 16384, 65536)
@@ -175,7 +174,8 @@ class Sweep:
 
         n, d = z.shape
         rec = {"method": method.name, "key": method.key, "N": n, "d": d, "k": k, "status": "ok", "reason": None,
-               "fwd": None, "fwd_bwd": None, "compile_s": None, "check": None}
+               "fwd": None, "fwd_bwd": None, "compile_s": None, "check": None,
+               "load_average": os.getloadavg()[0]}  # > threads: other work competed for the cores
         if method.unavailable:
             return {**rec, "status": "skipped", "reason": method.unavailable}
         if method.name in self.broken:
@@ -184,9 +184,11 @@ class Sweep:
         rec.update(predicted_s=pred_s, predicted_bytes=pred_b)
         budget = self.s.memory_budget_bytes
         if pred_b is not None and pred_b > budget:
-            return {**rec, "status": "oom", "reason": f"needs ~{fmt_bytes(pred_b)} > {fmt_bytes(budget)} budget: predicted, not run"}
+            why = f"needs ~{fmt_bytes(pred_b)} > {fmt_bytes(budget)} budget: predicted, not run"
+            return {**rec, "status": "oom", "reason": why}
         if pred_s is not None and pred_s > self.s.max_call_s:
-            return {**rec, "status": "skipped", "reason": f"predicted ~{pred_s:.0f} s per call > {self.s.max_call_s:g} s limit"}
+            why = f"predicted ~{pred_s:.0f} s per call > {self.s.max_call_s:g} s limit"
+            return {**rec, "status": "skipped", "reason": why}
         try:
             out = self._measure(method, z, k, rec)
             self._check(method, z, k, rec, out, truth)
@@ -274,7 +276,8 @@ class Sweep:
             return True
         if "why_no_kl" in truth:
             return False
-        ref = next((r for r in self.records if r["key"] == "reference" and (r["N"], r["d"], r["k"]) == (z.shape[0], z.shape[1], k)), None)
+        case = (z.shape[0], z.shape[1], k)
+        ref = next((r for r in self.records if r["key"] == "reference" and (r["N"], r["d"], r["k"]) == case), None)
         if ref is not None and ref["status"] != "ok":
             truth["why_no_kl"] = f"not checked: the reference did not run ({ref['status']})"
             return False
@@ -326,7 +329,8 @@ class Sweep:
                     zg = z.clone().requires_grad_(True)
                     method.run(zg, 1).backward()
             except Exception as exc:  # noqa: BLE001
-                self.broken[method.name] = f"failed on the warm-up input {WARM_UP_SHAPE}: {type(exc).__name__}: {str(exc)[:200]}"
+                why = f"{type(exc).__name__}: {str(exc)[:200]}"
+                self.broken[method.name] = f"failed on the warm-up input {WARM_UP_SHAPE}: {why}"
 
     def run(self) -> list:
         order = sorted(self.methods, key=lambda m: m.key != "reference")  # the reference first: it is the truth
@@ -421,7 +425,8 @@ def _run_sweep(settings: Settings, progress: bool, command: str) -> dict:
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="case", file=sys.stderr, dynamic_ncols=True, disable=None)  # None: off when not a terminal
+        # disable=None: no bar when stderr is not a terminal (the per-case lines still show progress)
+        bar = tqdm(total=total, unit="case", file=sys.stderr, dynamic_ncols=True, disable=None)
     sweep = Sweep(settings, methods, bar)
     try:
         sweep.warm_up()
@@ -482,15 +487,18 @@ def parse_args(argv=None) -> tuple:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a one-minute subset: N in {100, 1024, 4096}, d=64, k=1")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
-    p.add_argument("--sizes", type=int, nargs="+", help="values of N (default: 100 ... 65536; GPU also 262144, 1000000)")
+    p.add_argument("--sizes", type=int, nargs="+",
+                   help="values of N (default: 100 ... 65536; GPU also 262144, 1000000)")
     p.add_argument("--dims", type=int, nargs="+", help=f"values of d (default: {' '.join(map(str, DIMS))})")
     p.add_argument("--ks", type=int, nargs="+", help=f"values of k (default: {' '.join(map(str, KS))})")
     p.add_argument("--methods", nargs="+", choices=("ours", "reference", "compile", "pykeops", "faiss"),
                    help="default: all")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's default, at most the cores)")
     p.add_argument("--target-s", type=float, help="seconds spent on the timed repeats of one measurement (default 1)")
-    p.add_argument("--max-call-s", type=float, default=60.0, help="skip cases predicted to take longer per call (default 60)")
-    p.add_argument("--memory-budget-gb", type=float, help="skip (as OOM) cases predicted to need more (default: 60%% of free memory)")
+    p.add_argument("--max-call-s", type=float, default=60.0,
+                   help="skip cases predicted to take longer per call (default 60)")
+    p.add_argument("--memory-budget-gb", type=float,
+                   help="skip (as OOM) cases predicted to need more (default: 60%% of free memory)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keops-cache", action="store_true", help="reuse KeOps' compiled formulas from its disk cache")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="default: benchmarks/results")
@@ -501,6 +509,10 @@ def parse_args(argv=None) -> tuple:
         values = getattr(args, flag) or []
         if any(v < 1 for v in values):
             p.error(f"--{flag} takes positive integers; got {values}")
+    for flag in ("threads", "target_s", "max_call_s", "memory_budget_gb"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            p.error(f"--{flag.replace('_', '-')} must be positive; got {value}")
     return p, args
 
 
