@@ -91,5 +91,6 @@ def load_checkpoint(run_dir: str | os.PathLike, map_location: str | torch.device
     """Read ``run_dir/checkpoint.pt`` (tensors and plain Python types only: ``weights_only``)."""
     path = Path(run_dir) / CHECKPOINT_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint in {Path(run_dir)}: expected {path} (written by python -m python.train)")
+        raise FileNotFoundError(f"no checkpoint in {Path(run_dir)}: expected {path} "
+                                "(written by python -m python.train)")
     return torch.load(path, map_location=map_location, weights_only=True)

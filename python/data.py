@@ -316,7 +316,8 @@ def load_cifar10(data_dir: str | os.PathLike) -> DataSplit:
     if train_paths and test_path.is_file():
         train, test = _cifar_images(train_paths), _cifar_images([test_path])
         names = ", ".join(p.name for p in train_paths)
-        return DataSplit(train, test, f"CIFAR-10 from {directory}: {len(train)} training ({names}) / {len(test)} test images")
+        return DataSplit(train, test,
+                         f"CIFAR-10 from {directory}: {len(train)} training ({names}) / {len(test)} test images")
     paths = train_paths or [test_path]
     return _split_single(_cifar_images(paths), f"CIFAR-10 ({', '.join(p.name for p in paths)}) from {directory}")
 

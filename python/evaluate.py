@@ -143,7 +143,8 @@ def summary(metrics: dict) -> str:
                      f"reconstructions {fd['reconstructions']:.3f}  (train vs held-out {fd['train_vs_heldout']:.3f})")
     fid = metrics["fid"]
     lines.append(f"FID: {fid['skipped']}" if "skipped" in fid else
-                 f"FID: isotropic {fid['isotropic']:.2f}  gmm {fid['gmm']:.2f}  reconstructions {fid['reconstructions']:.2f}")
+                 f"FID: isotropic {fid['isotropic']:.2f}  gmm {fid['gmm']:.2f}  "
+                 f"reconstructions {fid['reconstructions']:.2f}")
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ DEFAULT_RUNS_DIR = "runs"
 DATASET_DEFAULTS = {
     # One thread for the small digits model: its convolutions gain little from a second thread,
     # and lose a lot (OpenMP spin-waiting) when other processes share the cores.
-    "digits": {"lr": 2e-3, "epochs": 60, "beta": 0.05, "threads": 1},
+    "digits": {"lr": 2e-3, "epochs": 40, "beta": 0.05, "threads": 1},
     "mnist": {"lr": 5e-4, "epochs": 100, "beta": 0.05},
     "cifar10": {"lr": 5e-4, "epochs": 100, "beta": 0.05},
     "celeba": {"lr": 1e-3, "epochs": 70, "beta": 0.05},

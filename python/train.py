@@ -1,6 +1,6 @@
 """Train an entropic autoencoder: ``python -m python.train``.
 
-    python -m python.train                       # digits bundled with scikit-learn, ~2 min on 2 CPU cores
+    python -m python.train                       # digits bundled with scikit-learn, ~1-2 min on 2 CPU cores
     python -m python.train --dataset mnist --data-dir ~/data/mnist --beta 0.05 --epochs 100
     python -m python.train --dataset celeba --data-dir ~/data/celeba/img_align_celeba --device cuda
     python -m python.train --resume runs/<name> [--epochs N]   # continue exactly where it stopped
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
-from .data import DATASETS, DataError, iterate_batches, load_dataset
+from .data import DATASETS, iterate_batches, load_dataset
 from .models import build_model
 from .runs import CONFIG_NAME, TrainConfig, default_run_dir, load_run, read_config, resolve_device, write_config
 
@@ -149,9 +149,6 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, fini
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     data = load_dataset(config.dataset, config.data_dir)
-    expected_shape = build_model(config.dataset, config.latent_dim).arch.image_shape
-    if data.image_shape != expected_shape:
-        raise DataError(f"{config.dataset} images have shape {data.image_shape}; the model expects {expected_shape}")
     steps_per_epoch = len(data.train) // config.batch_size  # the last partial batch is dropped
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size={config.batch_size} is larger than the {len(data.train)} training images")
@@ -225,7 +222,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, fini
                 print(f"epoch {row['epoch']}/{config.epochs}  loss {row['loss']:.4f}  recon {row['recon']:.4f}  "
                       f"entropy {row['entropy']:.4f}  held-out recon {row['heldout_recon']:.4f}  lr {row['lr']:.2g}")
             if stop.requested:
-                checkpoint_now()
+                if step > 0:  # mid-epoch (at an epoch's end the checkpoint is already written)
+                    checkpoint_now()
                 print(f"stopped at epoch {epoch} step {step}; checkpoint saved. Continue with:\n"
                       f"    python -m python.train --resume {run_dir}")
                 return run_dir
@@ -266,16 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=DATASETS, help="data set (default digits, bundled with scikit-learn)")
     p.add_argument("--data-dir", dest="data_dir", help="folder with the data set's files (mnist, cifar10, celeba)")
-    p.add_argument("--beta", type=float, help="weight of the entropy term; 0 = plain batch-norm AE (default 0.05)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: digits 60, mnist/cifar10 100, celeba 70)")
+    p.add_argument("--beta", type=float,
+                   help="weight of the entropy term; 0 = plain batch-norm AE (default 0.05)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: digits 40, mnist/cifar10 100, celeba 70)")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="images per step (default 100)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default: digits 2e-3, mnist/cifar10 5e-4, celeba 1e-3)")
+    p.add_argument("--lr", type=float,
+                   help="Adam learning rate (default: digits 2e-3, mnist/cifar10 5e-4, celeba 1e-3)")
     p.add_argument("--seed", type=int, help="seed of the weights and the data order (default 0)")
     p.add_argument("--device", help="auto (CUDA when available), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--latent-dim", dest="latent_dim", type=int,
                    help="code size (default: digits 8, mnist 16, cifar10 128, celeba 64)")
     p.add_argument("--k", type=int, help="neighbour order of the entropy estimator (default 1)")
-    p.add_argument("--name", help="run name: the run directory is runs/<name> (default <dataset>-beta<b>-seed<s>-<time>)")
+    p.add_argument("--name",
+                   help="run name: the run directory is runs/<name> (default <dataset>-beta<b>-seed<s>-<time>)")
     p.add_argument("--run-dir", dest="run_dir", help="run directory (overrides --name)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--threads", type=int, help="CPU threads (default: 1 for digits, else torch's default)")
@@ -296,8 +297,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
             if key in RESUME_OVERRIDABLE:
                 setattr(config, key, value)
             elif value != getattr(config, key):
-                raise ValueError(f"--{key.replace('_', '-')} cannot change when resuming: {args.resume} was trained "
-                                 f"with {key}={getattr(config, key)!r} (only --epochs, --device, --threads and --eval may change)")
+                raise ValueError(f"--{key.replace('_', '-')} cannot change when resuming: {args.resume} was "
+                                 f"trained with {key}={getattr(config, key)!r} "
+                                 "(only --epochs, --device, --threads and --eval may change)")
         config.run_dir = str(args.resume)
         config.validate()
         return config, True
@@ -313,9 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, resume = config_from_args(args)
         train(config, resume=resume, progress=args.progress)
-    except (ValueError, TypeError, FileNotFoundError) as exc:  # DataError is a ValueError
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as exc:  # DataError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside the training loop (loading data, writing grids or metrics)
+        print("\ninterrupted; the last checkpoint is intact (grids: python -m python.sample, "
+              "metrics: python -m python.evaluate)", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,11 +1,14 @@
 """Training, checkpoints, resume, Ctrl-C, sampling and evaluation of the model package.
 
 Runs are tiny: generated data sets of a dozen images, 1-2 training steps, or the bundled digits
-with large batches.
+with large batches; one CPU thread. The per-format smoke runs use narrow versions of the paper
+architectures (same image sizes, kernels and layer counts, 1/16 of the channels): the full-width
+networks are checked in tests/test_python_models.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,6 +22,7 @@ from python import checkpoint
 from python.evaluate import evaluate_run
 from python.evaluate import main as evaluate_main
 from python.data import load_dataset
+from python.models import ARCHITECTURES
 from python.runs import TrainConfig, load_run
 from python.sample import main as sample_main
 from python.sample import write_grids
@@ -27,8 +31,25 @@ from python.train import config_from_args, build_parser, main as train_main, tra
 from test_python_data import write_cifar, write_image_folder, write_mnist
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """train() sets torch's thread count from the config: do not leak it into other tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def narrow(dataset: str, monkeypatch) -> None:
+    """Replace the paper architecture of ``dataset`` by one with 1/16 of the channels."""
+    arch = ARCHITECTURES[dataset]
+    monkeypatch.setitem(ARCHITECTURES, dataset, dataclasses.replace(
+        arch, encoder_channels=tuple(c // 16 for c in arch.encoder_channels),
+        decoder_channels=tuple(c // 16 for c in arch.decoder_channels),
+        decoder_base_channels=arch.decoder_base_channels // 16))
+
+
 def tiny_config(tmp_path: Path, dataset: str, data_dir=None, **overrides) -> TrainConfig:
-    values = dict(batch_size=5, epochs=1, latent_dim=4, evaluate=False, threads=None)
+    values = dict(batch_size=5, epochs=1, latent_dim=4, evaluate=False, threads=1)
     values.update(overrides)
     config = TrainConfig.for_dataset(dataset, data_dir=None if data_dir is None else str(data_dir), **values)
     config.run_dir = str(tmp_path / "run")
@@ -56,7 +77,8 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10", "celeba"])
-def test_two_step_smoke_run(tmp_path, dataset):
+def test_two_step_smoke_run(tmp_path, dataset, monkeypatch):
+    narrow(dataset, monkeypatch)
     data_dir = tmp_path / "data"
     if dataset == "mnist":
         write_mnist(data_dir, n=11)  # 10 training images: 2 steps of 5
@@ -80,23 +102,28 @@ def test_two_step_smoke_run(tmp_path, dataset):
     assert json.loads((run_dir / "config.json").read_text())["dataset"] == dataset
 
 
-def test_digits_run_writes_grids_and_metrics(tmp_path):
-    """The full path of the default data set: train, grids, metrics (large batches, 1 epoch)."""
-    config = tiny_config(tmp_path, "digits", batch_size=400, latent_dim=8)
-    run_dir = train(config, progress=False, finish=False)
-    run, data = load_run(run_dir, "cpu"), load_dataset("digits")
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    """One epoch of the default data set with large batches (4 steps), shared by several tests."""
+    config = tiny_config(tmp_path_factory.mktemp("digits"), "digits", batch_size=400, latent_dim=8)
+    return train(config, progress=False, finish=False)
+
+
+def test_digits_run_writes_grids_and_metrics(digits_run):
+    """The full path of the default data set: train, grids, metrics."""
+    run, data = load_run(digits_run, "cpu"), load_dataset("digits")
     paths = write_grids(run, data, n=16)
     assert sorted(p.name for p in paths) == ["interpolations.png", "reconstructions.png",
                                              "samples_gmm.png", "samples_isotropic.png"]
     metrics = evaluate_run(run, data, n_samples=200)
-    saved = json.loads((run_dir / "metrics.json").read_text())
+    saved = json.loads((digits_run / "metrics.json").read_text())
     assert saved["reconstruction"] == metrics["reconstruction"] and saved["heldout_images"] == 180
     assert len(saved["latent"]["mean"]) == 8 and saved["latent"]["n"] == 1617
     fd = saved["classifier_frechet_distance"]
     assert {"isotropic", "gmm", "reconstructions", "train_vs_heldout"} <= fd.keys()
     assert all(fd[k] >= 0 for k in ("isotropic", "gmm", "reconstructions", "train_vs_heldout"))
     assert "skipped" in saved["fid"]
-    assert (run_dir / "classifier.pt").is_file() and (run_dir / "gmm.pt").is_file()
+    assert (digits_run / "classifier.pt").is_file() and (digits_run / "gmm.pt").is_file()
     # the cached classifier and GMM are reused: same numbers again
     again = evaluate_run(run, data, n_samples=200, write=False)
     assert again["classifier_frechet_distance"] == fd
@@ -120,7 +147,8 @@ def digits_config(tmp_path, name, epochs):
     return config
 
 
-def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, deterministic):
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, deterministic, monkeypatch):
+    narrow("digits", monkeypatch)
     straight = train(digits_config(tmp_path, "straight", 2), progress=False, finish=False)
     split = train(digits_config(tmp_path, "split", 1), progress=False, finish=False)
     assert state_of(split)["epoch"] == 1
@@ -133,6 +161,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, deterministi
 
 
 def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path, deterministic, monkeypatch):
+    narrow("digits", monkeypatch)
     straight = train(digits_config(tmp_path, "straight", 2), progress=False, finish=False)
 
     real_iterate = train_module.iterate_batches
@@ -190,7 +219,8 @@ def test_rng_state_round_trip(tmp_path):
 
 
 def test_train_cli_errors(tmp_path, capsys):
-    assert train_main(["--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--run-dir", str(tmp_path / "r")]) == 2
+    missing = ["--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--run-dir", str(tmp_path / "r")]
+    assert train_main(missing) == 2
     assert "does not exist" in capsys.readouterr().err
     assert train_main(["--beta", "-1", "--run-dir", str(tmp_path / "r")]) == 2
     assert "beta must be a finite number >= 0" in capsys.readouterr().err
@@ -198,26 +228,23 @@ def test_train_cli_errors(tmp_path, capsys):
     assert "is not a run directory" in capsys.readouterr().err
 
 
-def test_resume_refuses_changed_settings(tmp_path):
-    write_mnist(tmp_path / "data", n=11)
-    config = tiny_config(tmp_path, "mnist", tmp_path / "data")
-    run_dir = train(config, progress=False, finish=False)
+def test_resume_refuses_changed_settings(digits_run):
     with pytest.raises(ValueError, match="--beta cannot change when resuming"):
-        config_from_args(build_parser().parse_args(["--resume", str(run_dir), "--beta", "0.5"]))
+        config_from_args(build_parser().parse_args(["--resume", str(digits_run), "--beta", "0.5"]))
     with pytest.raises(ValueError, match="do not combine it with --name"):
-        config_from_args(build_parser().parse_args(["--resume", str(run_dir), "--name", "x"]))
+        config_from_args(build_parser().parse_args(["--resume", str(digits_run), "--name", "x"]))
+    config, _ = config_from_args(build_parser().parse_args(["--resume", str(digits_run), "--threads", "1"]))
+    assert config.threads == 1
     with pytest.raises(ValueError, match="already holds a run"):
         train(config, progress=False, finish=False)
 
 
-def test_sample_and_evaluate_cli(tmp_path, capsys):
-    write_mnist(tmp_path / "data", n=11)
-    run_dir = train(tiny_config(tmp_path, "mnist", tmp_path / "data"), progress=False, finish=False)
+def test_sample_and_evaluate_cli(digits_run, tmp_path, capsys):
     out = tmp_path / "gmm.png"
-    assert sample_main(["--run", str(run_dir), "--n", "4", "--prior", "gmm", "--out", str(out)]) == 0
+    assert sample_main(["--run", str(digits_run), "--n", "4", "--prior", "gmm", "--out", str(out)]) == 0
     assert out.is_file()
     assert sample_main(["--run", str(tmp_path / "missing")]) == 2
     assert "is not a run directory" in capsys.readouterr().err
-    assert evaluate_main(["--run", str(run_dir), "--n-samples", "8"]) == 0
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["reconstruction"]["heldout_images"] == 1 and "skipped" in metrics["fid"]
+    assert evaluate_main(["--run", str(digits_run), "--n-samples", "8"]) == 0
+    metrics = json.loads((digits_run / "metrics.json").read_text())
+    assert metrics["classifier_frechet_distance"]["n_samples"] == 8 and "skipped" in metrics["fid"]
