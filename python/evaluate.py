@@ -3,8 +3,8 @@
     python -m python.evaluate --run runs/<name>
     python -m python.evaluate --run runs/<name> --inception-weights ~/pt_inception-2015-12-05-6726825d.pth
 
-- reconstruction: held-out mean per-image sum of squared errors (the training loss's form) and
-  per-pixel MSE;
+- reconstruction: mean per-image sum of squared errors (the training loss's form) and
+  per-pixel MSE on the held-out images (at most 10,000, also the reference of the distances);
 - latent: Gaussianity of the training codes (eval mode): per-dimension mean/std and the KL
   estimate against N(0, I) from the package's own entropy estimator, next to the same estimate
   for an exact N(0, I) sample (the estimator's bias);
@@ -45,21 +45,6 @@ DEFAULT_SAMPLES = 10_000
 REFERENCE_LIMIT = 10_000  # held-out images used as the reference statistics
 
 
-def _all_images(images, limit: int) -> torch.Tensor:
-    return images.batch(torch.arange(min(limit, len(images))))
-
-
-@torch.no_grad()
-def reconstruction_error(run: Run, test_images) -> dict:
-    """Held-out reconstruction error (eval mode)."""
-    codes = encode(run.model, test_images, run.device)
-    recon = decode(run.model, codes, run.device)
-    x = test_images.batch(torch.arange(len(test_images)))
-    per_image = (recon - x).pow(2).flatten(1).sum(1)
-    return {"heldout_images": len(x), "sum_squared_error_per_image": per_image.mean().item(),
-            "mse_per_pixel": per_image.mean().item() / x[0].numel()}
-
-
 def evaluate_run(run: Run, data, n_samples: int = DEFAULT_SAMPLES, inception_weights: str | None = None,
                  seed: int = 0, write: bool = True) -> dict:
     """Compute the metrics of ``run`` (see the module docstring); write metrics.json if ``write``.
@@ -75,34 +60,24 @@ def evaluate_run(run: Run, data, n_samples: int = DEFAULT_SAMPLES, inception_wei
         The metrics dict.
     """
     started = time.time()
+    # the held-out images (at most REFERENCE_LIMIT): reconstruction error and reference statistics
+    heldout = data.test.subset(torch.arange(min(REFERENCE_LIMIT, len(data.test))))
+    reference = heldout.batch(torch.arange(len(heldout)))
+    recon = decode(run.model, encode(run.model, heldout, run.device), run.device)
+    per_image = (recon - reference).pow(2).flatten(1).sum(1)
     metrics = {
         "run": str(run.run_dir), "dataset": run.config.dataset, "beta": run.config.beta, "k": run.config.k,
         "latent_dim": run.model.latent_dim, "epoch": run.epoch, "train_images": len(data.train),
         "heldout_images": len(data.test),
-        "reconstruction": reconstruction_error(run, data.test),
+        "reconstruction": {"heldout_images": len(reference), "sum_squared_error_per_image": per_image.mean().item(),
+                           "mse_per_pixel": per_image.mean().item() / reference[0].numel()},
     }
     codes = encode(run.model, data.train, run.device, limit=LATENT_MAX_CODES, seed=seed)
     metrics["latent"] = {"codes": "training images, model in eval mode",
                          **latent_gaussianity(codes, run.config.k, seed)}
 
-    generated = {}
-    for prior in ("isotropic", "gmm"):
-        z = make_sampler(prior, run, data.train, seed).sample(n_samples, torch.Generator().manual_seed(seed))
-        generated[prior] = decode(run.model, z, run.device)
-    reference = _all_images(data.test, REFERENCE_LIMIT)
-    recon = decode(run.model, encode(run.model, data.test.subset(torch.arange(len(reference))), run.device),
-                   run.device)
-    train_sample = data.train.batch(torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))
-                                    [:min(len(data.train), n_samples)])
-    candidates = {"isotropic": generated["isotropic"], "gmm": generated["gmm"], "reconstructions": recon,
-                  "train_vs_heldout": train_sample}
-
-    def frechet_distances(extractor, batch_size: int) -> dict:
-        ref_stats = gaussian_stats(features_of(extractor, reference, run.device, batch_size))
-        return {name: frechet_distance(gaussian_stats(features_of(extractor, images, run.device, batch_size)),
-                                       ref_stats)
-                for name, images in candidates.items()}
-
+    # Feature extractors of the Fréchet distances: key -> (extractor, batch size, fields of the entry)
+    extractors = {}
     too_few = "skipped: needs at least 2 held-out images" if len(reference) < 2 else None
     if data.train.labels is None or data.test.labels is None:
         metrics["classifier_frechet_distance"] = {"skipped": "the data set has no labels to train the classifier"}
@@ -110,21 +85,32 @@ def evaluate_run(run: Run, data, n_samples: int = DEFAULT_SAMPLES, inception_wei
         metrics["classifier_frechet_distance"] = {"skipped": too_few}
     else:
         classifier, accuracy = cached_classifier(run.run_dir / "classifier.pt", data.train, data.test, run.device)
-        metrics["classifier_frechet_distance"] = {
+        extractors["classifier_frechet_distance"] = (classifier.features, 500, {
             "description": "Frechet distance in the 64-d feature space of a small CNN trained in-project on the "
                            "training images (not Inception: not comparable with published FIDs); reference = "
                            "held-out images; train_vs_heldout is the floor set by real data",
-            "classifier_heldout_accuracy": accuracy, "classifier_fingerprint": fingerprint(classifier),
-            "reference_images": len(reference), "n_samples": n_samples,
-            **frechet_distances(classifier.features, 500),
-        }
-
-    extractor, reason = (None, too_few) if too_few else inception_fid_model(inception_weights, run.device)
-    if extractor is None:
+            "classifier_heldout_accuracy": accuracy, "classifier_fingerprint": fingerprint(classifier)})
+    inception, reason = (None, too_few) if too_few else inception_fid_model(inception_weights, run.device)
+    if inception is None:
         metrics["fid"] = {"skipped": reason}
     else:
-        metrics["fid"] = {"reference_images": len(reference), "n_samples": n_samples,
-                          **frechet_distances(extractor, 100)}
+        extractors["fid"] = (inception, 100, {})
+
+    if extractors:  # generate only when some distance will be measured
+        candidates = {}
+        for prior in ("isotropic", "gmm"):
+            z = make_sampler(prior, run, data.train, seed).sample(n_samples, torch.Generator().manual_seed(seed))
+            candidates[prior] = decode(run.model, z, run.device)
+        candidates["reconstructions"] = recon
+        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))
+        candidates["train_vs_heldout"] = data.train.batch(order[:min(len(data.train), n_samples)])
+        for key, (extractor, batch_size, fields) in extractors.items():
+            def stats(images):
+                return gaussian_stats(features_of(extractor, images, run.device, batch_size))
+
+            ref_stats = stats(reference)
+            metrics[key] = {**fields, "reference_images": len(reference), "n_samples": n_samples,
+                            **{name: frechet_distance(stats(images), ref_stats) for name, images in candidates.items()}}
     metrics["seconds"] = round(time.time() - started, 1)
     if write:
         (run.run_dir / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
