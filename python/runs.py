@@ -98,7 +98,9 @@ class TrainConfig:
         if self.k >= self.batch_size:
             raise ValueError(f"k must be smaller than batch_size (the k-th neighbour of a code is another code "
                              f"of its batch); got k={self.k}, batch_size={self.batch_size}")
-        resolve_device(self.device)
+        # only the spelling: whether CUDA is present is checked where the device is used, so that
+        # a run trained on a GPU can be sampled and evaluated on a CPU machine
+        _check_device_name(self.device)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -130,10 +132,14 @@ def _check_number(name: str, value, minimum: float, strict: bool = False) -> Non
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; "cuda"/"cuda:N" only when CUDA is available."""
+def _check_device_name(device) -> None:
     if not isinstance(device, str) or not _DEVICE_PATTERN.match(device):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; "cuda"/"cuda:N" only when CUDA is available."""
+    _check_device_name(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda"):

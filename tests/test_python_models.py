@@ -21,7 +21,7 @@ from python.metrics import (
     latent_gaussianity,
 )
 from python.models import ARCHITECTURES, build_model
-from python.runs import TrainConfig
+from python.runs import TrainConfig, resolve_device
 from python.samplers import GMMSampler, NormalSampler
 
 
@@ -94,7 +94,8 @@ def test_train_config_validation_messages():
         TrainConfig.for_dataset("digits", device="gpu")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
-            TrainConfig.for_dataset("digits", device="cuda")
+            resolve_device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
     config = TrainConfig.for_dataset("mnist", beta=0.0)
     assert (config.latent_dim, config.lr, config.beta) == (16, 5e-4, 0.0)
     assert TrainConfig.from_json(config.to_json()) == config
