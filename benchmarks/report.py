@@ -251,14 +251,14 @@ def memory_table(results: dict, d: int, k: int) -> list:
 
 def detail_table(results: dict, d: int, k: int) -> list:
     header = ["N", "method", "fwd", "fwd+bwd", "speedup fwd", "speedup fwd+bwd", "compile", "peak mem", "repeats",
-              "check"]
+              "load", "check"]
     rows = []
     for n in results["settings"]["sizes"]:
         for rec in results["records"]:
             if (rec["N"], rec["d"], rec["k"]) != (n, d, k) or not results["methods"][rec["method"]]["available"]:
                 continue
             if rec["status"] != "ok":
-                rows.append([f"{n:,}", rec["method"], status_text(rec)] + [""] * 7)
+                rows.append([f"{n:,}", rec["method"], status_text(rec)] + [""] * 8)
                 continue
             main = rec["fwd_bwd"] or rec["fwd"]
             check = rec.get("check") or {}
@@ -275,6 +275,7 @@ def detail_table(results: dict, d: int, k: int) -> list:
                     f"{rec['compile_s']:.1f} s" if rec.get("compile_s") is not None else "",
                     fmt_bytes(main.get("peak_bytes")),
                     "/".join(str(rec[p]["repeats"]) for p in ("fwd", "fwd_bwd") if rec.get(p)),
+                    f"{rec['load_average']:.1f}" if rec.get("load_average") is not None else "",
                     check_text,
                 ]
             )
@@ -291,9 +292,10 @@ def machine_lines(results: dict) -> list:
         f"Python {m['python']}",
     ]
     load = results["load_average"]
+    busy = load["before"] > 0.5 * s["threads"] or load["after"] > s["threads"] + 1  # the run itself adds ~threads
     lines.append(
-        f"- Load average (1 min) {load['before']:.1f} before the run, {load['after']:.1f} after"
-        + (" (a busy machine: timings are noisy)" if max(load.values()) > 0.5 * s["threads"] else "")
+        f"- Load average (1 min) {load['before']:.1f} before the run, {load['after']:.1f} at its end (this "
+        f"benchmark itself adds about {s['threads']})" + (": other work competed, timings are noisy" if busy else "")
     )
     if "gpu" in m:
         lines.append(f"- GPU: {m['gpu']}, {m['gpu_memory_gib']} GiB, {m['gpu_sms']} SMs, CUDA {m['cuda']}")
@@ -336,7 +338,9 @@ def to_markdown(results: dict) -> str:
             out += headline_table(results, d, k)
     d, k = (64 if 64 in s["dims"] else s["dims"][0]), s["ks"][0]
     out += ["", f"## Peak extra memory, forward+backward, d={d}, k={k}", ""] + memory_table(results, d, k)
-    out += ["", "## All cases"]
+    out += ["", "## All cases", "", "repeats: timed samples (forward/forward+backward); load: the machine's 1-minute load "
+            f"average when the case started (this benchmark accounts for about {s['threads']} of it; well above "
+            "that, other work competed for the cores)."]
     for d in s["dims"]:
         for k in s["ks"]:
             out += ["", f"### d={d}, k={k}", ""] + detail_table(results, d, k)
