@@ -89,20 +89,20 @@ EAE_HD bool knn_before(T key_a, int64_t idx_a, T key_b, int64_t idx_b) {
   return a < b || (a == b && idx_a < idx_b);
 }
 
-// Inserts (key, idx) into a row's list of the k best candidates, kept sorted by knn_before;
+// Inserts (key, j) into a row's list of the k best candidates, kept sorted by knn_before;
 // returns whether it entered. An empty slot holds (+inf, n) with n = number of rows, so any
-// real candidate displaces it.
-template <class T>
-EAE_HD bool topk_insert(T* keys, int64_t* idx, int64_t k, T key, int64_t j) {
+// real candidate displaces it. Index is int64_t on the CPU, int on the GPU.
+template <class T, class Index>
+EAE_HD bool topk_insert(T* keys, Index* idx, int k, T key, int64_t j) {
   if (!knn_before(key, j, keys[k - 1], idx[k - 1])) return false;
-  int64_t pos = k - 1;
+  int pos = k - 1;
   while (pos > 0 && knn_before(key, j, keys[pos - 1], idx[pos - 1])) {
     keys[pos] = keys[pos - 1];
     idx[pos] = idx[pos - 1];
     --pos;
   }
   keys[pos] = key;
-  idx[pos] = j;
+  idx[pos] = static_cast<Index>(j);
   return true;
 }
 

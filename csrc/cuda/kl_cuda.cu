@@ -453,17 +453,6 @@ struct ListSearch {
   static constexpr int ROWS = kWarps;
   static constexpr int SMEM_BYTES = 0;
 
-  // Inserts (key, j) into the sorted list of k (knn_before order), dropping the last.
-  static __device__ void insert(T* keys, int* idx, int k, T key, int j) {
-    int pos = k - 1;
-    while (pos > 0 && knn_before(key, j, keys[pos - 1], idx[pos - 1])) {
-      keys[pos] = keys[pos - 1];
-      idx[pos] = idx[pos - 1];
-      --pos;
-    }
-    keys[pos] = key;
-    idx[pos] = j;
-  }
 
   template <Norm N>
   static __device__ void search_row(const Params<T>& p, int i, T* keys, int* idx, int lane) {
@@ -489,7 +478,7 @@ struct ListSearch {
         const int b = __ffs(mask) - 1;
         const T kb = __shfl_sync(kFullMask, key, b);
         const int jb = __shfl_sync(kFullMask, j, b);
-        if (lane == 0) insert(keys, idx, k, kb, jb);
+        if (lane == 0) topk_insert(keys, idx, k, kb, jb);
         __syncwarp();
         threshold_key = keys[k - 1];
         threshold_idx = idx[k - 1];
