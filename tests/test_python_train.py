@@ -248,3 +248,31 @@ def test_sample_and_evaluate_cli(digits_run, tmp_path, capsys):
     assert evaluate_main(["--run", str(digits_run), "--n-samples", "8"]) == 0
     metrics = json.loads((digits_run / "metrics.json").read_text())
     assert metrics["classifier_frechet_distance"]["n_samples"] == 8 and "skipped" in metrics["fid"]
+
+
+def test_tensorboard_scalars_when_installed(tmp_path, monkeypatch):
+    """With tensorboard importable, every epoch's log row also goes to a SummaryWriter."""
+    import sys
+    import types
+
+    written = []
+
+    class SummaryWriter:
+        def __init__(self, log_dir):
+            written.append(("dir", log_dir))
+
+        def add_scalar(self, key, value, step):
+            written.append((key, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            written.append(("closed", None))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter))
+    narrow("mnist", monkeypatch)
+    write_mnist(tmp_path / "data", n=11)
+    train(tiny_config(tmp_path, "mnist", tmp_path / "data", epochs=2), progress=False, finish=False)
+    assert written[0] == ("dir", str(tmp_path / "run" / "tensorboard")) and written[-1] == ("closed", None)
+    assert ("loss", 2) in written and ("heldout_recon", 1) in written and ("entropy", 2) in written
