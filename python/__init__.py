@@ -6,6 +6,7 @@
 
 Modules: ``data`` (local data sets), ``models`` (encoder, batch-norm latent, decoder, loss),
 ``runs`` (config, run directories), ``checkpoint`` (atomic saves, RNG state), ``train``,
+``parallel`` (data-parallel training under torchrun),
 ``samplers`` (N(0, I) and GMM priors), ``images`` (PNG grids), ``sample``, ``metrics``,
 ``evaluate``.
 """

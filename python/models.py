@@ -148,6 +148,11 @@ class EAE(nn.Module):
         latent_dim: code size; ``None`` takes ``arch.latent_dim``.
         beta: weight of the entropy term; 0 gives the plain batch-norm autoencoder.
         k: neighbour order of the entropy estimator.
+
+    Attributes:
+        distributed_entropy: estimate the entropy over the global batch of the default
+            torch.distributed group (``kl_entropy(z, distributed=True)``); set by python.train
+            under torchrun, False otherwise.
     """
 
     def __init__(self, arch: Architecture, latent_dim: int | None = None, beta: float = 0.0, k: int = 1) -> None:
@@ -159,6 +164,7 @@ class EAE(nn.Module):
         self.encoder = Encoder(arch, self.latent_dim)
         self.latent_norm = nn.BatchNorm1d(self.latent_dim, affine=False)
         self.decoder = Decoder(arch, self.latent_dim)
+        self.distributed_entropy = False
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Batch-normalised codes (N, latent_dim) of images x (N, C, H, W) in [0, 1]."""
@@ -173,11 +179,11 @@ class EAE(nn.Module):
         recon_x = self.decode(z)
         recon_loss = (recon_x - x).pow(2).flatten(1).sum(1).mean()
         if self.beta != 0.0:
-            entropy = kl_entropy(z, self.k)
+            entropy = kl_entropy(z, self.k, distributed=self.distributed_entropy)
             loss = recon_loss - self.beta * entropy
         else:
             with torch.no_grad():
-                entropy = kl_entropy(z.detach(), self.k)
+                entropy = kl_entropy(z.detach(), self.k, distributed=self.distributed_entropy)
             loss = recon_loss
         return EAEOutput(loss=loss, recon_loss=recon_loss, entropy=entropy, z=z, recon_x=recon_x)
 

@@ -53,6 +53,8 @@ class TrainConfig:
         run_dir: where checkpoints, logs, grids and metrics go.
         evaluate: write metrics.json when training ends.
         threads: CPU threads of torch (``torch.set_num_threads``); None keeps torch's default.
+        global_entropy: under torchrun, estimate the entropy over the global batch (every
+            process's codes, ``kl_entropy(z, distributed=True)``) rather than each process's own.
     """
 
     dataset: str = "digits"
@@ -68,6 +70,7 @@ class TrainConfig:
     run_dir: str = ""
     evaluate: bool = True
     threads: int | None = DATASET_DEFAULTS["digits"]["threads"]
+    global_entropy: bool = True
 
     @classmethod
     def for_dataset(cls, dataset: str, **overrides) -> "TrainConfig":
@@ -95,6 +98,9 @@ class TrainConfig:
         _check_int("seed", self.seed, minimum=0)
         if self.threads is not None:
             _check_int("threads", self.threads, minimum=1)
+        for name in ("evaluate", "global_entropy"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if self.k >= self.batch_size:
             raise ValueError(f"k must be smaller than batch_size (the k-th neighbour of a code is another code "
                              f"of its batch); got k={self.k}, batch_size={self.batch_size}")

@@ -5,6 +5,8 @@
     python -m python.train --dataset celeba --data-dir ~/data/celeba/img_align_celeba --device cuda
     python -m python.train --resume runs/<name> [--epochs N]   # continue exactly where it stopped
     python -m python.train --beta 0                # the plain batch-norm autoencoder, for comparison
+    torchrun --standalone --nproc_per_node=4 -m python.train --dataset mnist --data-dir ~/data/mnist
+                                                   # data-parallel: see python/parallel.py
 
 Loss per batch: mean ||D(z) - x||^2 - beta * kl_entropy(z), z = BatchNorm1d(E(x)) (see
 python/models.py). Adam, ReduceLROnPlateau(factor 0.5, patience 5) on the epoch's training loss.
@@ -28,10 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, set_rng_state
+from . import parallel
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import DATASETS, iterate_batches, load_dataset
 from .models import build_model
+from .parallel import Parallel
 from .runs import CONFIG_NAME, TrainConfig, default_run_dir, load_run, read_config, resolve_device, write_config
 
 LOG_NAME = "log.csv"
@@ -99,26 +104,35 @@ class RunLog:
 
 class StopOnInterrupt:
     """While active, the first Ctrl-C (SIGINT) only sets ``requested``: the training loop then
-    finishes its step, saves a checkpoint and returns. A second Ctrl-C interrupts at once."""
+    finishes its step, saves a checkpoint and returns. A second Ctrl-C interrupts at once.
 
-    def __init__(self) -> None:
+    Args:
+        signals: the signals handled so (under torchrun also SIGTERM, which it forwards to its
+            workers when it is itself terminated).
+        announce: print what happens (rank 0 only under torchrun).
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGINT,), announce: bool = True) -> None:
         self.requested = False
-        self._previous = None
+        self.signals = signals
+        self.announce = announce
+        self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort at once)", file=sys.stderr)
+        if self.announce:
+            print("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort at once)", file=sys.stderr)
 
     def __enter__(self) -> "StopOnInterrupt":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.signals}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, previous in self._previous.items():
+            signal.signal(s, previous)
 
 
 def _seed_everything(seed: int) -> None:
@@ -130,74 +144,111 @@ def _seed_everything(seed: int) -> None:
 def train(config: TrainConfig, resume: bool = False, progress: bool = True, finish: bool = True) -> Path:
     """Train (or, with ``resume``, continue training) the run described by ``config``.
 
+    Under torchrun (or in a process that joined a torch.distributed group) every process calls
+    this: the model is trained with DistributedDataParallel, each rank taking its share of every
+    global batch of ``batch_size * world_size`` images (see :mod:`python.parallel`), and only
+    rank 0 writes files.
+
     Args:
         config: a validated :class:`~python.runs.TrainConfig`; ``config.run_dir`` must be set.
         resume: continue from ``run_dir/checkpoint.pt`` (model, optimiser, scheduler, epoch, step
             within the epoch, RNG states); otherwise ``run_dir`` must not hold a run yet.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (rank 0 only).
         finish: when all epochs are done, write the PNG grids and (if ``config.evaluate``)
-            metrics.json.
+            metrics.json (rank 0 only).
 
     Returns:
         The run directory.
     """
+    config.validate()
+    with parallel.session() as par:
+        return _train(config, resume, progress, finish, par)
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par: Parallel) -> Path:
     from tqdm import tqdm
 
-    config.validate()
     run_dir = Path(config.run_dir)
-    device = resolve_device(config.device)
+    device = parallel.training_device(resolve_device(config.device), par)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     data = load_dataset(config.dataset, config.data_dir)
-    steps_per_epoch = len(data.train) // config.batch_size  # the last partial batch is dropped
+    global_batch = config.batch_size * par.world_size
+    steps_per_epoch = len(data.train) // global_batch  # the last partial batch is dropped
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size={config.batch_size} is larger than the {len(data.train)} training images")
+        processes = f" x {par.world_size} processes" if par.active else ""
+        raise ValueError(f"batch_size={config.batch_size}{processes} is larger than the {len(data.train)} "
+                         "training images")
 
     _seed_everything(config.seed)
     # channels_last: about 20% faster convolutions on CPU (oneDNN) for the small model
-    model = build_model(config.dataset, config.latent_dim, config.beta, config.k)
-    model = model.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    module = build_model(config.dataset, config.latent_dim, config.beta, config.k)
+    module = module.to(device, memory_format=torch.channels_last)
+    module.distributed_entropy = par.active and config.global_entropy
+    model = module
+    if par.active:
+        # the same weights on every rank (DDP also broadcasts rank 0's), distinct random streams
+        _seed_everything(int(np.random.SeedSequence([config.seed, par.rank]).generate_state(1)[0]))
+        if device.type == "cuda":  # SyncBatchNorm raises on CPU modules: there each rank normalises its own rows
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        model = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=5)
     epoch, step, sums = 0, 0, [0.0, 0.0, 0.0]  # sums of loss, recon, entropy over this epoch's steps
 
     if resume:
-        checkpoint = load_checkpoint(run_dir)
-        model.load_state_dict(checkpoint["model"])
+        checkpoint = parallel.on_main(lambda: load_checkpoint(run_dir), par)  # machines need not share files
+        trained_by = int(checkpoint.get("world_size", 1))
+        if trained_by != par.world_size:
+            raise ValueError(f"{run_dir} was trained by {trained_by} process(es) and this is {par.world_size}: "
+                             f"resume it with the same number (torchrun --nproc_per_node x --nnodes = {trained_by}), "
+                             "since the global batch is batch_size x processes")
+        module.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         epoch, step, sums = int(checkpoint["epoch"]), int(checkpoint["step"]), list(checkpoint["sums"])
-        set_rng_state(checkpoint["rng"])
+        set_rng_state(checkpoint["rank_rng"][par.rank] if par.active else checkpoint["rng"])
     else:
-        if (run_dir / CHECKPOINT_NAME).exists() or (run_dir / CONFIG_NAME).exists():
-            raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
-                             "or choose another --name / --run-dir")
-        run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(config, run_dir)
+        def check_new_run_dir() -> None:
+            if (run_dir / CHECKPOINT_NAME).exists() or (run_dir / CONFIG_NAME).exists():
+                raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
+                                 "or choose another --name / --run-dir")
+            run_dir.mkdir(parents=True, exist_ok=True)
+
+        parallel.on_main(check_new_run_dir, par)
+    parallel.on_main(lambda: write_config(config, run_dir), par)
 
     def checkpoint_now() -> None:
-        save_checkpoint(run_dir, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), epoch=epoch, step=step, sums=sums)
+        every_rng = parallel.gather_objects(rng_state(), par)  # a collective: every rank takes part
+        if par.is_main:
+            extra = {"rank_rng": every_rng} if par.active else {}
+            save_checkpoint(run_dir, model=module.state_dict(), optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(), epoch=epoch, step=step, sums=sums,
+                            world_size=par.world_size, **extra)
 
-    log = RunLog(run_dir, keep_epochs=epoch)
-    print(f"{data.description}\nrun directory: {run_dir}  device: {device}  "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    log = RunLog(run_dir, keep_epochs=epoch) if par.is_main else None
+    say = print if par.is_main else _silent
+    processes = (f"  {par.world_size} processes, global batch {global_batch}, entropy over the "
+                 f"{'global' if module.distributed_entropy else 'per-rank'} batch") if par.active else ""
+    say(f"{data.description}\nrun directory: {run_dir}  device: {device}  "
+        f"{sum(p.numel() for p in module.parameters()):,} parameters{processes}")
     started = time.time()
+    stop_signals = (signal.SIGINT, signal.SIGTERM) if par.active else (signal.SIGINT,)
     try:
-        with StopOnInterrupt() as stop:
+        with StopOnInterrupt(stop_signals, announce=par.is_main) as stop:
             while epoch < config.epochs and not stop.requested:
                 order = epoch_order(config.seed, epoch, len(data.train))
-                batches = [order[i * config.batch_size:(i + 1) * config.batch_size]
+                batches = [parallel.rank_share(order[i * global_batch:(i + 1) * global_batch], par)
                            for i in range(step, steps_per_epoch)]
                 model.train()
                 bar = tqdm(total=steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{config.epochs}",
-                           disable=not progress, leave=False, dynamic_ncols=True)
+                           disable=not (progress and par.is_main), leave=False, dynamic_ncols=True)
                 for x in iterate_batches(data.train, batches):
                     out = model(x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last))
                     optimizer.zero_grad(set_to_none=True)
                     out.loss.backward()
                     optimizer.step()
-                    values = (out.loss.item(), out.recon_loss.item(), out.entropy.item())
+                    values = _step_values(out, stop, par)
                     sums = [s + v for s, v in zip(sums, values)]
                     step += 1
                     bar.update(1)
@@ -213,26 +264,47 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, fini
                                              "try a smaller --lr or --beta")
                 row = {"epoch": epoch + 1, "steps": (epoch + 1) * steps_per_epoch, "loss": means[0],
                        "recon": means[1], "entropy": means[2],
-                       "heldout_recon": heldout_recon(model, data.test, device, config.batch_size),
+                       "heldout_recon": heldout_recon(module, data.test, device, config.batch_size)
+                       if par.is_main else math.nan,
                        "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 1)}
                 scheduler.step(means[0])
                 epoch, step, sums = epoch + 1, 0, [0.0, 0.0, 0.0]
                 checkpoint_now()
-                log.write(row)
-                print(f"epoch {row['epoch']}/{config.epochs}  loss {row['loss']:.4f}  recon {row['recon']:.4f}  "
-                      f"entropy {row['entropy']:.4f}  held-out recon {row['heldout_recon']:.4f}  lr {row['lr']:.2g}")
+                if log is not None:
+                    log.write(row)
+                say(f"epoch {row['epoch']}/{config.epochs}  loss {row['loss']:.4f}  recon {row['recon']:.4f}  "
+                    f"entropy {row['entropy']:.4f}  held-out recon {row['heldout_recon']:.4f}  lr {row['lr']:.2g}")
             if stop.requested:
                 if step > 0:  # mid-epoch (at an epoch's end the checkpoint is already written)
                     checkpoint_now()
-                print(f"stopped at epoch {epoch} step {step}; checkpoint saved. Continue with:\n"
-                      f"    python -m python.train --resume {run_dir}")
+                launcher = "torchrun ... -m python.train" if par.active else "python -m python.train"
+                say(f"stopped at epoch {epoch} step {step}; checkpoint saved. Continue with:\n"
+                    f"    {launcher} --resume {run_dir}")
                 return run_dir
     finally:
-        log.close()
+        if log is not None:
+            log.close()
 
-    if finish:
+    if finish and par.is_main:
         finish_run(run_dir, data, config.evaluate)
     return run_dir
+
+
+def _silent(*args, **kwargs) -> None:
+    """print() of the ranks other than 0."""
+
+
+def _step_values(out, stop: StopOnInterrupt, par: Parallel) -> tuple[float, float, float]:
+    """(loss, recon, entropy) of a step. Under torchrun: their means over the ranks (the values
+    of the global batch), in one all-reduce that also tells every rank whether any of them was
+    asked to stop, so that all stop after the same step."""
+    if not par.active:
+        return out.loss.item(), out.recon_loss.item(), out.entropy.item()
+    stop_flag = torch.tensor(float(stop.requested), device=out.loss.device)
+    stats = torch.stack([out.loss.detach(), out.recon_loss.detach(), out.entropy.detach(), stop_flag]).double()
+    loss, recon, entropy, stop_any = parallel.mean_over_ranks(stats, par).tolist()
+    stop.requested = stop.requested or stop_any > 0
+    return loss, recon, entropy
 
 
 def finish_run(run_dir: Path, data, evaluate: bool) -> None:
@@ -267,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float,
                    help="weight of the entropy term; 0 = plain batch-norm AE (default 0.05)")
     p.add_argument("--epochs", type=int, help="training epochs (default: digits 40, mnist/cifar10 100, celeba 70)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="images per step (default 100)")
+    p.add_argument("--batch-size", dest="batch_size", type=int,
+                   help="images per step (default 100); under torchrun per process: the global batch is "
+                        "batch size x processes")
     p.add_argument("--lr", type=float,
                    help="Adam learning rate (default: digits 2e-3, mnist/cifar10 5e-4, celeba 1e-3)")
     p.add_argument("--seed", type=int, help="seed of the weights and the data order (default 0)")
@@ -275,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent-dim", dest="latent_dim", type=int,
                    help="code size (default: digits 8, mnist 16, cifar10 128, celeba 64)")
     p.add_argument("--k", type=int, help="neighbour order of the entropy estimator (default 1)")
+    p.add_argument("--global-entropy", dest="global_entropy", action=argparse.BooleanOptionalAction, default=None,
+                   help="under torchrun: estimate the entropy over the global batch, the codes of every "
+                        "process (default on); --no-global-entropy: over each process's own batch")
     p.add_argument("--name",
                    help="run name: the run directory is runs/<name> (default <dataset>-beta<b>-seed<s>-<time>)")
     p.add_argument("--run-dir", dest="run_dir", help="run directory (overrides --name)")
@@ -312,11 +389,17 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    par = Parallel()
     try:
-        config, resume = config_from_args(args)
-        train(config, resume=resume, progress=args.progress)
+        with parallel.session() as par:
+            # rank 0 reads config.json (resume) and names the run directory; the others get its result
+            config, resume = parallel.on_main(lambda: config_from_args(args), par)
+            train(config, resume=resume, progress=args.progress)
+    except parallel.ReportedByMainRank:  # rank 0 printed the error
+        return 2
     except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as exc:  # DataError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
+        where = f"rank {par.rank}: " if par.active else ""
+        print(f"{where}error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # outside the training loop (loading data, writing grids or metrics)
         print("\ninterrupted; the last checkpoint is intact (grids: python -m python.sample, "
