@@ -66,7 +66,8 @@ def evaluate_run(run: Run, data, n_samples: int = DEFAULT_SAMPLES, inception_wei
     recon = decode(run.model, encode(run.model, heldout, run.device), run.device)
     per_image = (recon - reference).pow(2).flatten(1).sum(1)
     metrics = {
-        "run": str(run.run_dir), "dataset": run.config.dataset, "beta": run.config.beta, "k": run.config.k,
+        "run": str(run.run_dir), "dataset": run.config.dataset, "model": run.config.model, "beta": run.config.beta,
+        "k": run.config.k,
         "latent_dim": run.model.latent_dim, "epoch": run.epoch, "train_images": len(data.train),
         "heldout_images": len(data.test),
         "reconstruction": {"heldout_images": len(reference), "sum_squared_error_per_image": per_image.mean().item(),

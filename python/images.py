@@ -53,3 +53,42 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
 def display_scale(image_size: int) -> int:
     """Up-scaling that makes small images readable in a grid (16 -> 2, 32 -> 1)."""
     return max(1, 32 // image_size)
+
+
+def save_labelled_rows(rows: list[tuple[str, torch.Tensor]], path: str | os.PathLike, scale: int = 1,
+                       padding: int = 2, title: str | None = None) -> Path:
+    """Write one PNG with a row of images per label, the label at the left of its row.
+
+    Args:
+        rows: (label, images (n, C, H, W) in [0, 1]) pairs; every row has the same image shape.
+        path: where the PNG goes.
+        scale: integer up-scaling of the images.
+        padding: white pixels between images.
+        title: an optional line of text above the rows.
+
+    Returns:
+        The path.
+    """
+    from PIL import Image, ImageDraw
+
+    if not rows:
+        raise ValueError("rows must hold at least one (label, images) pair")
+    strips = [Image.fromarray(image_grid(images, nrow=len(images), padding=padding, scale=scale)).convert("RGB")
+              for _, images in rows]
+    draw = ImageDraw.Draw(strips[0])
+    label_width = 8 + max(draw.textbbox((0, 0), label)[2] for label, _ in rows)
+    title_height = 16 if title else 0
+    width = label_width + max(s.width for s in strips)
+    canvas = Image.new("RGB", (width, title_height + sum(s.height for s in strips)), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((4, 2), title, fill="black")
+    top = title_height
+    for (label, _), strip in zip(rows, strips):
+        canvas.paste(strip, (label_width, top))
+        draw.text((4, top + strip.height // 2 - 6), label, fill="black")
+        top += strip.height
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path

@@ -188,18 +188,28 @@ class EAE(nn.Module):
         return EAEOutput(loss=loss, recon_loss=recon_loss, entropy=entropy, z=z, recon_x=recon_x)
 
 
-def build_model(dataset: str, latent_dim: int | None = None, beta: float = 0.0, k: int = 1) -> EAE:
-    """The EAE of the paper for ``dataset`` ("digits", "mnist", "cifar10" or "celeba").
+def build_model(dataset: str, latent_dim: int | None = None, beta: float = 0.0, k: int = 1,
+                model: str = "eae") -> nn.Module:
+    """The EAE of the paper for ``dataset`` ("digits", "mnist", "cifar10" or "celeba"), or one of
+    the models it is compared with (python/baselines.py) on the same architecture.
 
     Args:
         dataset: selects the architecture in ``ARCHITECTURES``.
         latent_dim: code size; ``None`` takes the paper's (16 / 128 / 64; 8 for digits).
-        beta: weight of the entropy term.
+        beta: weight of the entropy term (the EAE's only; the other models have none).
         k: neighbour order of the entropy estimator.
+        model: "eae" or a key of ``baselines.BASELINES`` ("ae", "vae", "rae", "wae-mmd", ...).
 
     Returns:
-        An :class:`EAE` in training mode, on the CPU.
+        An :class:`EAE` (or comparison model) in training mode, on the CPU.
     """
+    from .baselines import BASELINES, MODELS, check_beta
+
     if dataset not in ARCHITECTURES:
         raise ValueError(f"dataset must be one of {', '.join(ARCHITECTURES)}; got {dataset!r}")
-    return EAE(ARCHITECTURES[dataset], latent_dim, beta, k)
+    if model == "eae":
+        return EAE(ARCHITECTURES[dataset], latent_dim, beta, k)
+    if model not in BASELINES:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
+    check_beta(model, beta)
+    return BASELINES[model](ARCHITECTURES[dataset], latent_dim, k)

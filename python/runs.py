@@ -17,9 +17,12 @@ from pathlib import Path
 
 import torch
 
+from torch import nn
+
+from .baselines import MODELS, check_beta
 from .checkpoint import load_checkpoint
 from .data import DATASETS
-from .models import ARCHITECTURES, EAE, build_model
+from .models import ARCHITECTURES, build_model
 
 CONFIG_NAME = "config.json"
 DEFAULT_RUNS_DIR = "runs"
@@ -42,7 +45,9 @@ class TrainConfig:
     Attributes:
         dataset: "digits" (bundled, the default), "mnist", "cifar10" or "celeba".
         data_dir: folder holding the data set's files (not used by digits).
-        beta: weight of the entropy term; 0 gives the plain batch-norm autoencoder.
+        model: "eae" or one of the models of the comparison (python/baselines.py).
+        beta: weight of the entropy term; 0 gives the plain batch-norm autoencoder (always 0
+            for the models other than the EAE).
         epochs: number of passes over the training images.
         batch_size: images per step (also the sample size of the entropy estimate).
         lr: Adam learning rate.
@@ -59,6 +64,7 @@ class TrainConfig:
 
     dataset: str = "digits"
     data_dir: str | None = None
+    model: str = "eae"
     beta: float = DATASET_DEFAULTS["digits"]["beta"]
     epochs: int = DATASET_DEFAULTS["digits"]["epochs"]
     batch_size: int = 100
@@ -75,10 +81,13 @@ class TrainConfig:
     @classmethod
     def for_dataset(cls, dataset: str, **overrides) -> "TrainConfig":
         """The defaults of ``dataset`` (learning rate, epochs, beta, latent size), then
-        ``overrides`` (None values are ignored); validated."""
+        ``overrides`` (None values are ignored); validated. Models other than the EAE get
+        beta = 0 (they have no entropy term)."""
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
         values = dict(DATASET_DEFAULTS[dataset], latent_dim=ARCHITECTURES[dataset].latent_dim)
+        if overrides.get("model") not in (None, "eae"):
+            values["beta"] = 0.0
         values.setdefault("threads", None)
         values.update({k: v for k, v in overrides.items() if v is not None})
         config = cls(dataset=dataset, **values)
@@ -89,7 +98,10 @@ class TrainConfig:
         """Raise ValueError/TypeError naming the first bad field and what is accepted."""
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {self.dataset!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}; got {self.model!r}")
         _check_number("beta", self.beta, minimum=0.0)
+        check_beta(self.model, self.beta)
         _check_number("lr", self.lr, minimum=0.0, strict=True)
         _check_int("epochs", self.epochs, minimum=1)
         _check_int("batch_size", self.batch_size, minimum=2)
@@ -159,9 +171,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 def default_run_dir(config: TrainConfig, name: str | None = None) -> Path:
-    """runs/<name>, by default runs/<dataset>-beta<beta>-seed<seed>-<date-time>."""
+    """runs/<name>, by default runs/<dataset>-beta<beta>-seed<seed>-<date-time> for the EAE and
+    runs/<dataset>-<model>-seed<seed>-<date-time> for the others."""
     if name is None:
-        name = f"{config.dataset}-beta{config.beta:g}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        what = f"beta{config.beta:g}" if config.model == "eae" else config.model
+        name = f"{config.dataset}-{what}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Path(DEFAULT_RUNS_DIR) / name
 
 
@@ -186,7 +200,7 @@ class Run:
 
     run_dir: Path
     config: TrainConfig
-    model: EAE
+    model: nn.Module  # an EAE or a comparison model (python/baselines.py)
     device: torch.device
     epoch: int
     step: int
@@ -207,7 +221,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto") -> Run:
     config = read_config(run_dir)
     checkpoint = load_checkpoint(run_dir)
     torch_device = resolve_device(device)
-    model = build_model(config.dataset, config.latent_dim, config.beta, config.k)
+    model = build_model(config.dataset, config.latent_dim, config.beta, config.k, config.model)
     model.load_state_dict(checkpoint["model"])
     model.to(torch_device).eval()
     return Run(run_dir, config, model, torch_device, int(checkpoint["epoch"]), int(checkpoint["step"]))

@@ -114,9 +114,24 @@ def decode(model, z: torch.Tensor, device: torch.device, batch_size: int = 500) 
     return torch.cat([model.decode(chunk.to(device)).float().cpu() for chunk in z.split(batch_size)])
 
 
+class ModelPriorSampler:
+    """The codes a model generates from its own N(0, I) prior (the 2SVAE: through its second
+    stage), for models that define ``sample_codes(n, generator)``."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, latent_dim) float32 codes on the CPU."""
+        return self.model.sample_codes(n, generator)
+
+
 def make_sampler(prior: str, run, train_images, seed: int = 0):
-    """"isotropic" -> :class:`NormalSampler`; "gmm" -> the run's :func:`fitted_gmm`."""
+    """"isotropic" -> :class:`NormalSampler` (:class:`ModelPriorSampler` for a model that maps
+    N(0, I) to its codes itself); "gmm" -> the run's :func:`fitted_gmm`."""
     if prior == "isotropic":
+        if hasattr(run.model, "sample_codes"):
+            return ModelPriorSampler(run.model)
         return NormalSampler(run.model.latent_dim)
     if prior == "gmm":
         return fitted_gmm(run, train_images, seed)

@@ -5,11 +5,14 @@
     python -m python.train --dataset celeba --data-dir ~/data/celeba/img_align_celeba --device cuda
     python -m python.train --resume runs/<name> [--epochs N]   # continue exactly where it stopped
     python -m python.train --beta 0                # the plain batch-norm autoencoder, for comparison
+    python -m python.train --model vae             # a model of the paper's comparison (python/baselines.py)
     torchrun --standalone --nproc_per_node=4 -m python.train --dataset mnist --data-dir ~/data/mnist
                                                    # data-parallel: see python/parallel.py
 
 Loss per batch: mean ||D(z) - x||^2 - beta * kl_entropy(z), z = BatchNorm1d(E(x)) (see
-python/models.py). Adam, ReduceLROnPlateau(factor 0.5, patience 5) on the epoch's training loss.
+python/models.py); ``--model`` trains one of the models of the paper's comparison instead (AE,
+RAE variants, VAE, CV-VAE, WAE-MMD, 2SVAE: python/baselines.py, and python -m python.compare).
+Adam, ReduceLROnPlateau(factor 0.5, patience 5) on the epoch's training loss.
 
 Each run directory (runs/<name>) gets config.json, checkpoint.pt (rewritten atomically after
 every epoch and on Ctrl-C), log.csv (and TensorBoard events when tensorboard is installed), and
@@ -35,6 +38,7 @@ from torch import nn
 from . import parallel
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import DATASETS, iterate_batches, load_dataset
+from .baselines import MODELS
 from .models import build_model
 from .parallel import Parallel
 from .runs import CONFIG_NAME, TrainConfig, default_run_dir, load_run, read_config, resolve_device, write_config
@@ -182,7 +186,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
 
     _seed_everything(config.seed)
     # channels_last: about 20% faster convolutions on CPU (oneDNN) for the small model
-    module = build_model(config.dataset, config.latent_dim, config.beta, config.k)
+    module = build_model(config.dataset, config.latent_dim, config.beta, config.k, config.model)
     module = module.to(device, memory_format=torch.channels_last)
     module.distributed_entropy = par.active and config.global_entropy
     model = module
@@ -285,6 +289,12 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
         if log is not None:
             log.close()
 
+    if getattr(module, "needs_second_stage", None) is not None and module.needs_second_stage(epoch):
+        # the 2SVAE's VAE on the codes; repeatable (own generator), so a Ctrl-C here restarts it on --resume
+        losses = module.fit_second_stage(data.train, device, config.epochs, config.batch_size, config.lr,
+                                         config.seed, epoch)
+        checkpoint_now()
+        say(f"second stage: {len(losses)} epochs on the codes, loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     if finish and par.is_main:
         finish_run(run_dir, data, config.evaluate)
     return run_dir
@@ -336,8 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=DATASETS, help="data set (default digits, bundled with scikit-learn)")
     p.add_argument("--data-dir", dest="data_dir", help="folder with the data set's files (mnist, cifar10, celeba)")
+    p.add_argument("--model", choices=MODELS,
+                   help="eae (default) or a model of the paper's comparison, with the loss weights of its paper "
+                        "(python/baselines.py)")
     p.add_argument("--beta", type=float,
-                   help="weight of the entropy term; 0 = plain batch-norm AE (default 0.05)")
+                   help="weight of the EAE's entropy term; 0 = plain batch-norm AE (default 0.05)")
     p.add_argument("--epochs", type=int, help="training epochs (default: digits 40, mnist/cifar10 100, celeba 70)")
     p.add_argument("--batch-size", dest="batch_size", type=int,
                    help="images per step (default 100); under torchrun per process: the global batch is "
