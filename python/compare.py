@@ -73,13 +73,25 @@ def model_config(dataset: str, model: str, out: Path, **options) -> tuple[TrainC
     return config, True
 
 
+def _finished(run) -> bool:
+    """Whether a loaded run has done every epoch of its config (and the 2SVAE its second stage)."""
+    second_stage_pending = getattr(run.model, "needs_second_stage", lambda epoch: False)(run.epoch)
+    return (run.epoch, run.step) == (run.config.epochs, 0) and not second_stage_pending
+
+
 def _train_timed(config: TrainConfig, resume: bool, progress: bool) -> float:
-    """Train (or resume) the run; returns the seconds spent training it so far, all invocations."""
+    """Train the run, or resume it unless it is finished; returns the seconds spent training it,
+    over every invocation."""
     record = Path(config.run_dir) / TIME_NAME
+    spent = json.loads(record.read_text())["seconds"] if record.is_file() else 0.0
+    if resume and _finished(load_run(config.run_dir, config.device)):
+        return spent
     started = time.time()
-    train(config, resume=resume, progress=progress, finish=False)
-    spent = (json.loads(record.read_text())["seconds"] if record.is_file() else 0.0) + time.time() - started
-    record.write_text(json.dumps({"seconds": round(spent, 1)}) + "\n")
+    try:
+        train(config, resume=resume, progress=progress, finish=False)
+    finally:
+        spent += time.time() - started
+        record.write_text(json.dumps({"seconds": round(spent, 1)}) + "\n")
     return spent
 
 
@@ -148,15 +160,15 @@ def compare(dataset: str, models: list[str], out: Path, data_dir: str | None = N
     for config, resume in configs:
         seconds = _train_timed(config, resume, progress)
         run = load_run(config.run_dir, config.device)
-        if (run.epoch, run.step) != (config.epochs, 0):  # train() returns after saving on Ctrl-C
+        if not _finished(run):  # train() returns after saving on Ctrl-C
             raise KeyboardInterrupt
         if classifier_path.is_file():
             shutil.copy(classifier_path, Path(config.run_dir) / CLASSIFIER_NAME)
         metrics = evaluate_run(run, data, n_samples, inception_weights, seed=config.seed)
         rows.append(table_row(config.model, metrics, seconds))
-        samples = [sample_images(run, prior, SAMPLES_PER_PRIOR, data.train, config.seed)
-                   for prior in ("isotropic", "gmm")]
-        sample_rows.append((config.model, torch.cat(samples)))
+        isotropic, gmm = (sample_images(run, prior, SAMPLES_PER_PRIOR, data.train, config.seed)
+                          for prior in ("isotropic", "gmm"))
+        sample_rows.append((config.model, torch.cat([isotropic, torch.ones_like(gmm[:1]), gmm])))  # white gap
         print(f"{config.model}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[-1].items()
                                               if isinstance(v, float)))
     first = configs[0][0]

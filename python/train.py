@@ -36,9 +36,9 @@ import torch
 from torch import nn
 
 from . import parallel
+from .baselines import MODELS
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import DATASETS, iterate_batches, load_dataset
-from .baselines import MODELS
 from .models import build_model
 from .parallel import Parallel
 from .runs import CONFIG_NAME, TrainConfig, default_run_dir, load_run, read_config, resolve_device, write_config
@@ -195,7 +195,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
         _seed_everything(int(np.random.SeedSequence([config.seed, par.rank]).generate_state(1)[0]))
         if device.type == "cuda":  # SyncBatchNorm raises on CPU modules: there each rank normalises its own rows
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        model = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
     optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=5)
     epoch, step, sums = 0, 0, [0.0, 0.0, 0.0]  # sums of loss, recon, entropy over this epoch's steps
@@ -366,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="under torchrun: estimate the entropy over the global batch, the codes of every "
                         "process (default on); --no-global-entropy: over each process's own batch")
     p.add_argument("--name",
-                   help="run name: the run directory is runs/<name> (default <dataset>-beta<b>-seed<s>-<time>)")
+                   help="run name: the run directory is runs/<name> (default <dataset>-beta<b>-seed<s>-<time>, "
+                        "other models <dataset>-<model>-seed<s>-<time>)")
     p.add_argument("--run-dir", dest="run_dir", help="run directory (overrides --name)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     p.add_argument("--threads", type=int, help="CPU threads (default: 1 for digits, else torch's default)")

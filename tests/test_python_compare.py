@@ -26,7 +26,7 @@ from python.baselines import (
 )
 from python.compare import compare
 from python.compare import main as compare_main
-from python.models import ARCHITECTURES, EAE, build_model
+from python.models import EAE, build_model
 from python.runs import TrainConfig, load_run
 from python.sample import sample_images
 from python.train import build_parser, config_from_args, train

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from python.parallel import Parallel, rank_share
+from python.parallel import Parallel, rank_share, training_device
 
 from test_python_train import assert_same_state, narrow, state_of, tiny_config
 
@@ -49,6 +49,19 @@ def test_rank_share_is_the_distributed_sampler_split():
             mine = rank_share(order[s * batch * world:(s + 1) * batch * world], par)
             assert mine.tolist() == order[positions[s * batch:(s + 1) * batch]].tolist()
     assert torch.equal(rank_share(order, Parallel()), order)
+
+
+def test_training_device_gives_each_process_its_gpu():
+    two = Parallel(rank=1, world_size=2, local_rank=1)
+    assert training_device(torch.device("cpu"), two) == torch.device("cpu")
+    assert training_device(torch.device("cuda", 3), Parallel()) == torch.device("cuda", 3)  # alone: as asked
+    with pytest.raises(ValueError, match="would put every process on the same GPU: under torchrun use --device cuda"):
+        training_device(torch.device("cuda", 0), two)
+    if torch.cuda.device_count() >= 2:
+        assert training_device(torch.device("cuda"), two) == torch.device("cuda", 1)
+    elif not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="LOCAL_RANK=1 but this machine has 0 CUDA device"):
+            training_device(torch.device("cuda"), two)
 
 
 # ---------------------------------------------------------------------------------------------
