@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from .data import DataError, load_dataset
+from .data import DataError
 from .metrics import (
     LATENT_MAX_CODES,
     cached_classifier,
@@ -37,7 +37,7 @@ from .metrics import (
     inception_fid_model,
     latent_gaussianity,
 )
-from .runs import Run, load_run
+from .runs import Run, open_run
 from .samplers import decode, encode, make_sampler
 
 METRICS_NAME = "metrics.json"
@@ -149,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_samples < 2:
         parser.error(f"--n-samples must be >= 2; got {args.n_samples}")
     try:
-        run = load_run(args.run, args.device)
-        if run.config.threads is not None:
-            torch.set_num_threads(run.config.threads)
-        data = load_dataset(run.config.dataset, run.config.data_dir)
+        run, data = open_run(args.run, args.device)
         metrics = evaluate_run(run, data, args.n_samples, args.inception_weights, args.seed)
     except (FileNotFoundError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

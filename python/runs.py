@@ -21,7 +21,7 @@ from torch import nn
 
 from .baselines import MODELS, check_beta
 from .checkpoint import load_checkpoint
-from .data import DATASETS
+from .data import DATASETS, DataSplit, load_dataset
 from .models import ARCHITECTURES, build_model
 
 CONFIG_NAME = "config.json"
@@ -225,3 +225,12 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto") -> Run:
     model.load_state_dict(checkpoint["model"])
     model.to(torch_device).eval()
     return Run(run_dir, config, model, torch_device, int(checkpoint["epoch"]), int(checkpoint["step"]))
+
+
+def open_run(run_dir: str | os.PathLike, device: str = "auto") -> tuple[Run, DataSplit]:
+    """A run and its data set, as the command-line tools (sample, evaluate) need them: the model
+    from :func:`load_run`, the run's thread setting applied, and its data loaded."""
+    run = load_run(run_dir, device)
+    if run.config.threads is not None:
+        torch.set_num_threads(run.config.threads)
+    return run, load_dataset(run.config.dataset, run.config.data_dir)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from .data import DataError, load_dataset
+from .data import DataError
 from .images import display_scale, save_grid
-from .runs import Run, load_run
+from .runs import Run, open_run
 from .samplers import decode, encode, make_sampler
 
 PRIORS = ("isotropic", "gmm")
@@ -111,10 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1:
         parser.error(f"--n must be >= 1; got {args.n}")
     try:
-        run = load_run(args.run, args.device)
-        if run.config.threads is not None:
-            torch.set_num_threads(run.config.threads)
-        data = load_dataset(run.config.dataset, run.config.data_dir)
+        run, data = open_run(args.run, args.device)
         for path in write_grids(run, data, args.kind, args.prior, args.n, args.seed, args.out):
             print(f"wrote {path}")
     except (FileNotFoundError, DataError, ValueError) as exc:
