@@ -11,7 +11,6 @@ fwd+bwd times of triton / triton deterministic / cuda / reference at N in {100, 
 SMALL_BATCH_MAX_WORK should be set to.
 """
 
-import math
 import os
 import sys
 import time
