@@ -4,6 +4,7 @@
 
     h = kl_entropy(z, k=1)          # 0-dim tensor, differentiable; O(N*d) memory
     dist, idx = knn_distances(z, 5)  # (N, 5) ascending distances and int64 indices
+    warmup(z, k=1)                   # compile/autotune/self-check before capturing a CUDA graph
 """
 
 from . import reference
@@ -11,6 +12,7 @@ from ._extension import available as extension_available
 from ._validate import DEFAULT_EPS
 from .modules import KLEntropy
 from .ops import kl_entropy, knn_distances
+from .selfcheck import warmup
 
 __version__ = "0.1.0"
 __all__ = [
@@ -20,5 +22,6 @@ __all__ = [
     "reference",
     "DEFAULT_EPS",
     "extension_available",
+    "warmup",
     "__version__",
 ]

@@ -69,6 +69,13 @@ def _resolve_backend(backend: str, z: torch.Tensor) -> str:
             return "cpu"
         for candidate in _AUTO_ORDER.get(z.device.type, ()):
             if _unavailable_reason(candidate, z) is None:
+                # --- backend self-check (eae_kernels/selfcheck.py): GPU kernels not yet verified on
+                # hardware are checked once per process and device; a failing one is skipped. ---
+                from . import selfcheck
+
+                if not selfcheck.backend_healthy(candidate, z.device):
+                    continue
+                # --- end of the self-check ---
                 return candidate
         _extension.warn_fallback_once(z.device)
         return "reference"

@@ -17,18 +17,27 @@ without triton: triton is imported on first use.
 How a kl_entropy call runs (N rows, M = row_end - row_begin of them in the range):
 
 * small batches (N <= 1024, d <= 256 and M*N*d <= SMALL_BATCH_MAX_WORK): one launch of a
-  one-program kernel computes H and the whole gradient, without atomics (always deterministic)
-  and without any tensor but the outputs;
-* otherwise: a search kernel over row blocks (per-row log terms, the neighbour list and, with
-  deterministic=False, the gradient by float atomics into a zeroed output), a one-program
-  kernel that sums the terms into H in a fixed order, and with deterministic=True (or half
-  inputs) a gather kernel that builds the gradient from the neighbour list without atomics.
-  The only tensor besides the outputs is an (M,) float64 buffer of the per-row log terms.
+  one-program kernel computes H and the whole gradient, without atomics (always deterministic);
+* otherwise: a search kernel over row blocks (per-row log terms, the neighbour list and
+  gradient weights, or with deterministic=False the gradient by float atomics into a zeroed
+  output), a one-program kernel that sums the terms into H in a fixed order, and with
+  deterministic=True (or half inputs) a gather kernel that builds the gradient from the
+  neighbour list without atomics.
+Besides the outputs, both paths use an (M,) float64 buffer of the per-row log terms and, for
+the gather, an (M,) buffer of gradient weights. The input is made contiguous first (a copy for
+other layouts), so every layout runs the same kernels and gets the same bits.
+
+Deterministic results (the small path, deterministic=True) are the same bits whichever
+autotuning candidate wins: the candidates differ in block sizes only, and no sum's order depends
+on them (see triton_kernels.py). Not bit-identical to the CPU or CUDA backends (the compiler may
+fuse multiply-adds, log is another implementation): same neighbours, values to rounding.
 
 Every launch goes to the current CUDA stream; nothing synchronises with the host after the first
-call for a given shape class (which compiles and autotunes), so warm calls can be captured in a
-CUDA graph. On CPU tensors the kernels run in Triton's interpreter when TRITON_INTERPRET=1 is set
-before this backend's first call (for tests; slow), with fixed block sizes instead of autotuning.
+call for a given shape class (N's bit length, d, k, p, dtype: that call compiles and autotunes).
+Warm up with eae_kernels.warmup() before capturing a CUDA graph; a first call during capture raises a
+RuntimeError that says so. On CPU tensors the kernels run in Triton's interpreter when
+TRITON_INTERPRET=1 is set before this backend's first call (for tests; slow), with fixed block
+sizes instead of autotuning.
 """
 
 from __future__ import annotations
@@ -158,30 +167,41 @@ def _next_pow2(x: int) -> int:
 # ---------------------------------------------------------------------------------------------
 
 # Block sizes in the interpreter (CPU tests): small, so that small test inputs still span
-# several row blocks and column tiles. Tests may change them (e.g. BLOCK_D to 4).
-INTERPRETER_SEARCH_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 1}
+# several row blocks and column tiles. Tests may change them.
+INTERPRETER_SEARCH_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 16}
 
 
-# Autotuning candidates (BLOCK_M, BLOCK_N, BLOCK_D, num_warps). From the SASS of the sm_90
-# build (no GPU was available to time them): Triton spreads a thread's share of the key tile over
-# all BLOCK_M rows, so short wide tiles (8-16 rows, 256-1024 columns) give a thread 64 keys per
-# 16-20 loads, about 65% FADD/FFMA in the hot loop, against about 35% for 64 x 64; taller tiles
-# reuse each column tile from L2 for more rows. BLOCK_D = 4 is the 3-D chunked inner loop.
+# Autotuning candidates (BLOCK_M, BLOCK_N, num_warps). From the SASS of the sm_90 build (no GPU
+# was available to time them): Triton spreads a thread's share of the key tile over all BLOCK_M
+# rows, so short wide tiles (8-16 rows, 256-1024 columns) give a thread 64 keys per 16-20 loads,
+# about 65% FADD/FFMA in the hot loop, against about 35% for 64 x 64; taller tiles reuse each
+# column tile from L2 for more rows. No candidate changes a result: the kernels add coordinates
+# and terms in an order that does not depend on the block sizes (see triton_kernels.py).
 _SEARCH_SHAPES = [
-    (8, 1024, 1, 4), (16, 512, 1, 4), (16, 256, 1, 2), (16, 256, 1, 4), (32, 128, 1, 4),
-    (32, 64, 1, 4), (64, 64, 1, 8), (64, 32, 4, 4),
+    (8, 1024, 4), (16, 512, 4), (16, 256, 2), (16, 256, 4), (32, 128, 4), (32, 64, 4), (64, 64, 8),
 ]  # fmt: skip
-_SEARCH_SHAPES_LARGE_K = [(8, 512, 1, 4), (16, 256, 1, 4), (16, 64, 1, 4), (32, 32, 1, 4)]  # KP > 8
-# The one-program kernel: N <= 1024, so narrower tiles waste fewer columns.
-_SMALL_SHAPES = [(16, 128, 1, 4), (16, 256, 1, 4), (32, 64, 1, 4), (8, 256, 1, 2), (64, 64, 1, 8)]
-_SMALL_SHAPES_LARGE_K = [(8, 128, 1, 4), (16, 64, 1, 4), (16, 128, 1, 4)]
+_SEARCH_SHAPES_LARGE_K = [(8, 512, 4), (16, 256, 4), (16, 64, 4), (32, 32, 4)]  # KP > 8
+# From LARGE_N_BUCKET on (N >= 2^16) one benchmark run of a configuration takes long (at N = 1e6
+# the 8 candidates cost minutes): only these are timed, the short wide tiles. Unmeasured choice.
+LARGE_N_BUCKET = 17
+_SEARCH_SHAPES_LARGE_N = {(8, 1024, 4), (16, 512, 4), (16, 256, 4), (8, 512, 4)}
+# The one-program kernel: N <= 1024, so narrower tiles waste fewer columns. One num_warps for all:
+# its H reduction and gather tile then have the same register layout, whichever wins.
+_SMALL_SHAPES = [(16, 128, 4), (16, 256, 4), (32, 64, 4), (8, 256, 4), (64, 64, 4)]
+_SMALL_SHAPES_LARGE_K = [(8, 128, 4), (16, 64, 4), (16, 128, 4)]
+_SMALL_NUM_WARPS = 4  # also _sum_terms_kernel's: both H reductions run on the same layout
 
 
 def _configs(triton, shapes):
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": bd}, num_warps=w, num_stages=1)
-        for m, n, bd, w in shapes
-    ]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=1) for m, n, w in shapes]
+
+
+def _prune_for_large_n(configs, named_args, **_):
+    """Autotuner hook: fewer candidates to time for large N (see LARGE_N_BUCKET)."""
+    if named_args["n_bucket"] < LARGE_N_BUCKET:
+        return configs
+    kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps) in _SEARCH_SHAPES_LARGE_N]
+    return kept or configs[:2]
 
 
 @functools.cache
@@ -202,10 +222,13 @@ def _kernels() -> SimpleNamespace:
     def tuned(large_k: bool) -> SimpleNamespace:
         configs = _configs(triton, _SEARCH_SHAPES_LARGE_K if large_k else _SEARCH_SHAPES)
         small = _configs(triton, _SMALL_SHAPES_LARGE_K if large_k else _SMALL_SHAPES)
+        prune = {"early_config_prune": _prune_for_large_n}
         return SimpleNamespace(
-            knn=triton.autotune(configs=configs, key=key)(tk._knn_kernel),
+            knn=triton.autotune(configs=configs, key=key, prune_configs_by=prune)(tk._knn_kernel),
             # The atomic variant adds into grad: benchmarking runs must start from zeros.
-            search=triton.autotune(configs=configs, key=key, reset_to_zero=["grad_ptr"])(tk._kl_search_kernel),
+            search=triton.autotune(configs=configs, key=key, reset_to_zero=["grad_ptr"], prune_configs_by=prune)(
+                tk._kl_search_kernel
+            ),
             small=triton.autotune(configs=small, key=key)(tk._kl_small_kernel),
         )
 
@@ -225,9 +248,22 @@ _INTERPRETER_GATHER_SCAN = 16
 _SUM_BLOCK = 1024
 
 
+# Shape classes (kernel, autotuning key, dtype, device) whose autotuning has run in this process.
+_TUNED_CLASSES: set = set()
+
+_CAPTURE_MESSAGE = (
+    "eae_kernels triton backend: the first call for this shape class ({what}) came during CUDA-graph "
+    "capture, but that call compiles and autotunes its kernels, which synchronises and cannot be "
+    "captured. Call eae_kernels.warmup(z) (or the op once) with a tensor of the same shape, dtype "
+    "and device, and the same k, p and deterministic, before capturing."
+)
+
+
 class _Launcher:
     """Launches the kernels for one call: picks the tuned or the interpreter variant, and goes
-    through torch.library.wrap_triton when the op is a triton_op (so torch.compile sees them)."""
+    through torch.library.wrap_triton when the op is a triton_op (so torch.compile sees them).
+    The first launch of an autotuned shape class may not happen during CUDA-graph capture: it
+    raises a RuntimeError that says so (instead of a capture error from inside the autotuner)."""
 
     def __init__(self, k: int, wrap):
         self.kernels = _kernels()
@@ -243,7 +279,17 @@ class _Launcher:
 
     def searching(self, name: str, grid, args, meta):
         """One of the search kernels (knn, search, small): autotuned block sizes."""
+        z = args[0]
+        tracked = self.kernels.tuned and z.device.type == "cuda" and not torch.compiler.is_compiling()
+        if tracked:  # the autotuner's key: N's bit length, d, K, NORM and the dtypes
+            n, d = z.shape
+            what = (f"{name} kernel, {2 ** (n.bit_length() - 1)} <= N < {2 ** n.bit_length()}, d={d}, "
+                    f"k={meta['K']}, norm code {meta['NORM']}, {z.dtype}, {z.device}")  # fmt: skip
+            if what not in _TUNED_CLASSES and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(_CAPTURE_MESSAGE.format(what=what))
         self._run(getattr(self.family, name), grid, args, meta, True)
+        if tracked:
+            _TUNED_CLASSES.add(what)
 
     def plain(self, name: str, grid, args, meta, num_warps: int = 4):
         """A kernel with fixed block sizes (sum_terms, gather)."""
@@ -269,6 +315,7 @@ def _kl_entropy_impl(z, k, p, eps, compute_grad, deterministic, row_begin=0, row
     check_z(z, k)
     p = check_p(p)
     eps = check_eps(eps)
+    z = z.contiguous()  # one layout: the same kernels, bits and int64-safe offsets for every stride
     n, d = (_concrete(size) for size in z.shape)
     row_begin, row_end = _check_row_range(n, _concrete(row_begin), _concrete(row_end))
     m = row_end - row_begin
@@ -294,27 +341,34 @@ def _kl_entropy_impl(z, k, p, eps, compute_grad, deterministic, row_begin=0, row
     dp = _next_pow2(d)
     block_g = _gather_rows_per_program(dp, z.dtype == torch.float64)
 
+    # Per-row log terms (float64) and, for the gather, gradient weights (the accumulation dtype).
+    terms = z.new_empty((max(m, 1),), dtype=torch.float64)
+    gathers = compute_grad and not atomics
+    weights = z.new_empty((max(m, 1) if gathers else 0,), dtype=accumulation_dtype(z.dtype))
+
     with _device_guard(z):
         if small:
             launcher.searching(
                 "small", (1,),
-                (z, h, nbr, grad, *shape, eps_bits, const_bits, scale_bits, n.bit_length()),
-                dict(kind, COMPUTE_GRAD=compute_grad, BLOCK_G=block_g, DP=dp),
+                (z, h, terms, nbr, weights, grad, *shape, eps_bits, const_bits, scale_bits, n.bit_length()),
+                dict(kind, COMPUTE_GRAD=compute_grad, BLOCK_G=block_g, GATHER_SCAN=launcher.gather_scan,
+                     SUM_BLOCK=_SUM_BLOCK, DP=dp),
             )  # fmt: skip
             return h, grad, nbr
 
-        terms = z.new_empty((max(m, 1),), dtype=torch.float64)
         if m > 0:
             launcher.searching(
                 "search", lambda meta: (_cdiv(m, meta["BLOCK_M"]),),
-                (z, terms, nbr, grad, *shape, eps_bits, scale_bits, n.bit_length()),
-                dict(kind, STORE_NBR=compute_grad, SCATTER=atomics, EPI_D=min(dp, 32)),
+                (z, terms, nbr, weights, grad, *shape, eps_bits, scale_bits, n.bit_length()),
+                dict(kind, STORE_NBR=compute_grad, STORE_WEIGHT=gathers, SCATTER=atomics, EPI_D=min(dp, 32)),
             )  # fmt: skip
-        launcher.plain("sum_terms", (1,), (terms, h, m, const_bits, scale_bits), dict(BLOCK=_SUM_BLOCK))
-        if compute_grad and not atomics:
+        launcher.plain(
+            "sum_terms", (1,), (terms, h, m, const_bits, scale_bits), dict(BLOCK=_SUM_BLOCK), _SMALL_NUM_WARPS
+        )
+        if gathers:
             launcher.plain(
                 "gather", (_cdiv(n, block_g),),
-                (z, nbr, grad, *shape, eps_bits, scale_bits),
+                (z, nbr, weights, grad, *shape, scale_bits),
                 dict(NORM=kind["NORM"], BLOCK_G=block_g, BLOCK_N=launcher.gather_scan, DP=dp),
             )  # fmt: skip
     return h, grad, nbr
@@ -325,6 +379,7 @@ def _knn_impl(z, k, p, *, wrap=None):
     k = check_k(_concrete(k))
     check_z(z, k)
     p = check_p(p)
+    z = z.contiguous()  # as in _kl_entropy_impl
     n, d = (_concrete(size) for size in z.shape)
     launcher = _Launcher(k, wrap)
     dist = z.new_empty((n, k), dtype=accumulation_dtype(z.dtype))

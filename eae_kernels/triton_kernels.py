@@ -11,9 +11,15 @@ For each tile it accumulates the (BLOCK_M, BLOCK_N) tile of exact pair keys in r
           sum_c |a_c - b_c|     (p = 1)
           max_c |a_c - b_c|     (p = inf; a NaN propagates)
 
-never through ||a||^2 + ||b||^2 - 2<a, b>. BLOCK_D = 1 accumulates one coordinate at a time
-(rank-1 updates of the register tile); BLOCK_D > 1 loads (BLOCK_M, BLOCK_D) and (BLOCK_N, BLOCK_D)
-chunks and reduces a 3-D broadcast. Which one is faster is left to the autotuner.
+never through ||a||^2 + ||b||^2 - 2<a, b>. Coordinates are accumulated one at a time, in order
+(rank-1 updates of the register tile): every pair's key is the same sequence of roundings
+whatever the block sizes, so the autotuner's choice never changes a key, a neighbour or a bit of
+the result. (A reduction over a chunk of coordinates, tl.sum, would add them in an order that
+follows the block shape and the register layout.)
+
+z is contiguous (the glue in triton_backend.py makes it so): stride_d is 1, which Triton
+specialises away, so no int32 product of a coordinate and a stride can overflow; row offsets
+are computed in int64.
 
 Each row keeps a running top-k as a (BLOCK_M, KP) pair of register tensors (key, index), KP =
 next power of two >= k, *unsorted*: a candidate displaces the row's current worst entry. The
@@ -23,22 +29,25 @@ order as +inf. Empty slots hold (+inf, N + slot) so any real candidate displaces
 slots (k <= slot < KP) hold (-inf, -1 - slot) and are never the worst.
 
 Gradient. Row i's term w(r_i) contributes (d/N) w(r_i) dr(z_i, z_{n_i}) to row i and the negative
-to its neighbour n_i (DESIGN.md). Two ways to apply the neighbour part:
+to its neighbour n_i (the formula in eae_kernels.kl_entropy's docstring; w as in
+csrc/core/kl_math.h). Two ways to apply the neighbour part:
   * atomics (_scatter_pairs, deterministic=False): the search program adds both parts to a
     zeroed gradient with float atomic adds;
   * gather (_gather_rows, deterministic=True, half inputs, and the small-batch kernel): a second
-    pass where the program that owns row i sums w(r_ij) dr(z_i, z_j) over its own pair (j = n_i)
-    and over every j with n_j = i, found by scanning the neighbour list, in ascending j. No
-    atomics: the result is bit-identical from run to run.
+    pass where the program that owns row i sums w_j dr(z_i, z_j) over its own pair (j = n_i)
+    and over every j with n_j = i, found by scanning the neighbour list, in ascending j. The
+    weights w_j come from the search (a per-row buffer), never from a distance re-computed with
+    a layout-dependent reduction. No atomics, every sum in a fixed order: the same bits from run
+    to run and whatever the block sizes.
 
 Kernels:
   _knn_kernel        (N, k) sorted distances and indices.
-  _kl_search_kernel  per-row log terms (and the neighbour list, and with SCATTER the atomic
-                     gradient) for the rows [row_begin, row_end).
+  _kl_search_kernel  per-row log terms (and the neighbour list and gradient weights, or with
+                     SCATTER the atomic gradient) for the rows [row_begin, row_end).
   _sum_terms_kernel  one program: H from the per-row terms, in a fixed order.
   _kl_gather_kernel  the deterministic gradient from the neighbour list.
   _kl_small_kernel   one program does everything (search, H, gather): the small-batch path, one
-                     launch, no intermediate tensor, no atomics.
+                     launch, no atomics; its only scratch is the per-row terms and weights.
 
 The norm is the constexpr NORM: 1, 2, or 0 for inf (the C++ core's Norm codes). Scalars that
 need float64 (eps, the constant part of H, d/N) travel as their int64 bit patterns, because
@@ -126,38 +135,23 @@ def _tile_keys(
     ACC: tl.constexpr,  # accumulation dtype: tl.float32 or tl.float64
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,  # 1: rank-1 updates; > 1: 3-D chunks of BLOCK_D coordinates
 ):
-    """(BLOCK_M, BLOCK_N) exact pair keys. Rows/columns past the end are clamped to the last
-    row (unmasked loads are cheaper in the hot loop); the caller discards their keys."""
+    """(BLOCK_M, BLOCK_N) exact pair keys, coordinates added in order. Rows/columns past the end
+    are clamped to the last row (unmasked loads are cheaper in the hot loop); the caller discards
+    their keys."""
     a_base = z_ptr + tl.minimum(rows, n_rows - 1).to(tl.int64) * stride_n
     b_base = z_ptr + tl.minimum(cols, n_rows - 1).to(tl.int64) * stride_n
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    if BLOCK_D == 1:
-        for c in range(0, d):
-            a = tl.load(a_base + c * stride_d).to(ACC)
-            b = tl.load(b_base + c * stride_d).to(ACC)
-            diff = a[:, None] - b[None, :]
-            if NORM == 2:
-                acc += diff * diff
-            elif NORM == 1:
-                acc += tl.abs(diff)
-            else:
-                acc = _max_nan(acc, tl.abs(diff))
-    else:
-        offs = tl.arange(0, BLOCK_D)
-        for c0 in range(0, d, BLOCK_D):
-            c = c0 + offs
-            c_ok = c < d
-            a = tl.load(a_base[:, None] + c[None, :] * stride_d, mask=c_ok[None, :], other=0.0)
-            b = tl.load(b_base[:, None] + c[None, :] * stride_d, mask=c_ok[None, :], other=0.0)
-            diff = a.to(ACC)[:, None, :] - b.to(ACC)[None, :, :]
-            if NORM == 2:
-                acc += tl.sum(diff * diff, axis=2)
-            elif NORM == 1:
-                acc += tl.sum(tl.abs(diff), axis=2)
-            else:
-                acc = _max_nan(acc, tl.reduce(tl.abs(diff), 2, _max_nan))
+    for c in range(0, d):
+        a = tl.load(a_base + c * stride_d).to(ACC)
+        b = tl.load(b_base + c * stride_d).to(ACC)
+        diff = a[:, None] - b[None, :]
+        if NORM == 2:
+            acc += diff * diff
+        elif NORM == 1:
+            acc += tl.abs(diff)
+        else:
+            acc = _max_nan(acc, tl.abs(diff))
     return acc
 
 
@@ -213,7 +207,6 @@ def _search_rows(
     ACC: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
 ):
     """Each row's k nearest other rows, as the unsorted lists (top_key, top_idx): (BLOCK_M, KP)
     keys (NaN read as +inf) and int32 indices."""
@@ -224,7 +217,7 @@ def _search_rows(
     for start in range(0, n, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < n
-        raw = _tile_keys(z_ptr, rows, cols, n, d, stride_n, stride_d, NORM, ACC, BLOCK_M, BLOCK_N, BLOCK_D)
+        raw = _tile_keys(z_ptr, rows, cols, n, d, stride_n, stride_d, NORM, ACC, BLOCK_M, BLOCK_N)
         candidate = col_ok[None, :] & (cols[None, :] != rows[:, None])  # never the row itself
         keys = tl.where(candidate & (raw == raw), raw, _INF)
         cidx = tl.where(candidate, cols[None, :], _BIG)
@@ -238,24 +231,19 @@ def _search_rows(
 
 
 @triton.jit
-def _pair_gradient(zi, zj, dcol, valid, eps, NORM: tl.constexpr, ACC: tl.constexpr):
-    """w(r_ij) * d r(z_i, z_j) / d z_i for (B, DP) tiles of row pairs (the distance is
-    recomputed from the rows), zero where not `valid`. p = inf: the lowest coordinate of
-    largest |z_i - z_j| only. A NaN weight spreads over the whole row."""
+def _pair_gradient(zi, zj, w, dcol, valid, NORM: tl.constexpr):
+    """w * d r(z_i, z_j) / d z_i (up to the weight's form, see _weight) for (B, DP) tiles of row
+    pairs, zero where not `valid`. w: (B,) the pair's weight from the search. p = inf: the
+    lowest coordinate of largest |z_i - z_j| only (a max is exact in any order). A NaN weight
+    spreads over the whole row."""
     diff = zi - zj
-    if NORM == 2:
-        key = tl.sum(diff * diff, axis=1)
-    elif NORM == 1:
-        key = tl.sum(tl.abs(diff), axis=1)
-    else:
-        key = tl.reduce(tl.abs(diff), 1, _max_nan)
-    w = _weight(key, eps, NORM, ACC)
     if NORM == 2:
         u = w[:, None] * diff
     elif NORM == 1:
         u = w[:, None] * _sign(diff)
     else:
-        at = tl.min(tl.where(tl.abs(diff) == key[:, None], dcol[None, :], _BIG), axis=1)
+        big = tl.reduce(tl.abs(diff), 1, _max_nan)
+        at = tl.min(tl.where(tl.abs(diff) == big[:, None], dcol[None, :], _BIG), axis=1)
         u = w[:, None] * tl.where(dcol[None, :] == at[:, None], _sign(diff), 0.0)
     return tl.where(valid[:, None], u, 0.0)
 
@@ -271,6 +259,7 @@ def _load_rows(z_ptr, rows, row_ok, dcol, d, stride_n, stride_d, ACC: tl.constex
 def _gather_rows(
     z_ptr,
     nbr_ptr,  # (row_end - row_begin,) int64 k-th neighbour of each range row
+    weight_ptr,  # (row_end - row_begin,) ACC gradient weight of each range row (_weight)
     grad_ptr,  # (N, d) contiguous output
     first_row,  # this step's rows are first_row + [0, BLOCK_G), any rows of z
     n,
@@ -280,7 +269,6 @@ def _gather_rows(
     stride_n,
     stride_d,
     scale,  # d / N in ACC
-    eps,  # float64 scalar
     NORM: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_G: tl.constexpr,
@@ -297,7 +285,8 @@ def _gather_rows(
 
     own = row_ok & (rows >= row_begin) & (rows < row_end)
     j = tl.load(nbr_ptr + (rows - row_begin), mask=own, other=0).to(tl.int32)
-    g = _pair_gradient(zi, _load_rows(z_ptr, j, own, dcol, d, stride_n, stride_d, ACC), dcol, own, eps, NORM, ACC)
+    w = tl.load(weight_ptr + (rows - row_begin), mask=own, other=0.0)
+    g = _pair_gradient(zi, _load_rows(z_ptr, j, own, dcol, d, stride_n, stride_d, ACC), w, dcol, own, NORM)
 
     m = row_end - row_begin
     for r0 in range(0, m, BLOCK_N):
@@ -313,7 +302,8 @@ def _gather_rows(
             while tl.max((j < _BIG).to(tl.int32), axis=0) > 0:
                 found = j < _BIG
                 zj = _load_rows(z_ptr, j, found, dcol, d, stride_n, stride_d, ACC)
-                g += _pair_gradient(zi, zj, dcol, found, eps, NORM, ACC)
+                wj = tl.load(weight_ptr + (j - row_begin), mask=found, other=0.0)
+                g += _pair_gradient(zi, zj, wj, dcol, found, NORM)
                 match = match & (source[None, :] != j[:, None])
                 j = tl.min(tl.where(match, source[None, :], _BIG), axis=1)
 
@@ -387,6 +377,17 @@ def _scatter_pairs(
 
 
 @triton.jit
+def _rows_finite(z_ptr, rows, check, d, stride_n, stride_d):
+    """Whether each row holds only finite values (read only where `check`; True elsewhere)."""
+    base = z_ptr + rows.to(tl.int64) * stride_n
+    finite = check | (~check)
+    for c in range(0, d):
+        v = tl.load(base + c * stride_d, mask=check, other=0.0)
+        finite = finite & (tl.abs(v) < _INF)
+    return finite
+
+
+@triton.jit
 def _knn_kernel(
     z_ptr,  # (N, d) input
     dist_ptr,  # (N, K) output distances, ascending
@@ -401,14 +402,16 @@ def _knn_kernel(
     NORM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
 ):
     ACC = tl.float64 if z_ptr.dtype.element_ty == tl.float64 else tl.float32
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n
     top_key, top_idx = _search_rows(
-        z_ptr, rows, n, d, stride_n, stride_d, K, KP, NORM, ACC, BLOCK_M, BLOCK_N, BLOCK_D
+        z_ptr, rows, n, d, stride_n, stride_d, K, KP, NORM, ACC, BLOCK_M, BLOCK_N
     )
+    # A key of +inf is either a NaN read as +inf or a finite pair whose distance overflows: as on
+    # the CPU, NaN when either row holds a NaN or inf, else +inf. (Rows are read only then.)
+    own_finite = _rows_finite(z_ptr, rows, row_ok & (tl.max(top_key, axis=1) >= _INF), d, stride_n, stride_d)
     # Emit the list in ascending order: K rounds of "take the smallest".
     real = (tl.arange(0, KP) < K)[None, :]
     keys = tl.where(real, top_key, _INF)
@@ -423,7 +426,10 @@ def _knn_kernel(
                 dist = tl.sqrt_rn(mk)
         else:
             dist = mk
-        tl.store(dist_ptr + out + q, tl.where(mk < _INF, dist, float("nan")), mask=row_ok)
+        overflow = mk >= _INF
+        finite = own_finite & _rows_finite(z_ptr, mi, row_ok & overflow, d, stride_n, stride_d)
+        dist = tl.where(overflow, tl.where(finite, _INF, float("nan")), dist)
+        tl.store(dist_ptr + out + q, dist, mask=row_ok)
         tl.store(idx_ptr + out + q, mi.to(tl.int64), mask=row_ok)
         taken = idx == mi[:, None]
         keys = tl.where(taken, _INF, keys)
@@ -435,6 +441,7 @@ def _kl_search_kernel(
     z_ptr,  # (N, d) input
     terms_ptr,  # (M,) float64 output: each range row's log term
     nbr_ptr,  # (M,) int64 output: each range row's k-th neighbour (STORE_NBR)
+    weight_ptr,  # (M,) ACC output: each range row's gradient weight (STORE_WEIGHT)
     grad_ptr,  # (N, d) zeroed gradient (SCATTER)
     n,
     d,
@@ -449,17 +456,17 @@ def _kl_search_kernel(
     KP: tl.constexpr,
     NORM: tl.constexpr,
     STORE_NBR: tl.constexpr,
+    STORE_WEIGHT: tl.constexpr,  # for the gather kernel
     SCATTER: tl.constexpr,  # add the gradient with atomics
     EPI_D: tl.constexpr,  # coordinates per chunk in the atomic epilogue
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
 ):
     ACC = tl.float64 if z_ptr.dtype.element_ty == tl.float64 else tl.float32
     rows = row_begin + tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < row_end
     top_key, top_idx = _search_rows(
-        z_ptr, rows, n, d, stride_n, stride_d, K, KP, NORM, ACC, BLOCK_M, BLOCK_N, BLOCK_D
+        z_ptr, rows, n, d, stride_n, stride_d, K, KP, NORM, ACC, BLOCK_M, BLOCK_N
     )
     key, nbr = _worst(top_key, top_idx)
     eps = _f64_from_bits(eps_bits)
@@ -467,11 +474,25 @@ def _kl_search_kernel(
     tl.store(terms_ptr + local, _log_term(key, eps, NORM), mask=row_ok)
     if STORE_NBR:
         tl.store(nbr_ptr + local, nbr.to(tl.int64), mask=row_ok)
+    if STORE_WEIGHT:
+        tl.store(weight_ptr + local, _weight(key, eps, NORM, ACC), mask=row_ok)
     if SCATTER:
         scale = _f64_from_bits(scale_bits).to(ACC)
         _scatter_pairs(
             z_ptr, grad_ptr, rows, nbr, row_ok, key, d, stride_n, stride_d, scale, eps, NORM, ACC, BLOCK_M, EPI_D
         )
+
+
+@triton.jit
+def _sum_terms(terms_ptr, m, const_bits, scale_bits, BLOCK: tl.constexpr):
+    """constant + (d/N) * sum(terms), in float64: slot s % BLOCK collects terms s in ascending s,
+    then one fixed-shape reduction. Both H kernels call this with the same BLOCK and num_warps,
+    so the tiled and the small-batch paths sum in the same order."""
+    acc = tl.zeros((BLOCK,), dtype=tl.float64)
+    for s in range(0, m, BLOCK):
+        offs = s + tl.arange(0, BLOCK)
+        acc += tl.load(terms_ptr + offs, mask=offs < m, other=0.0)
+    return _f64_from_bits(const_bits) + _f64_from_bits(scale_bits) * tl.sum(acc, axis=0)
 
 
 @triton.jit
@@ -484,11 +505,7 @@ def _sum_terms_kernel(
     BLOCK: tl.constexpr,
 ):
     """h = constant + (d/N) * sum(terms), summed in the same order on every run."""
-    acc = tl.zeros((BLOCK,), dtype=tl.float64)
-    for s in range(0, m, BLOCK):
-        offs = s + tl.arange(0, BLOCK)
-        acc += tl.load(terms_ptr + offs, mask=offs < m, other=0.0)
-    h = _f64_from_bits(const_bits) + _f64_from_bits(scale_bits) * tl.sum(acc, axis=0)
+    h = _sum_terms(terms_ptr, m, const_bits, scale_bits, BLOCK)
     tl.store(h_ptr, h.to(h_ptr.dtype.element_ty))
 
 
@@ -496,6 +513,7 @@ def _sum_terms_kernel(
 def _kl_gather_kernel(
     z_ptr,
     nbr_ptr,  # (M,) int64 neighbour list from _kl_search_kernel
+    weight_ptr,  # (M,) ACC gradient weights from _kl_search_kernel
     grad_ptr,  # (N, d) output, fully written
     n,
     d,
@@ -503,7 +521,6 @@ def _kl_gather_kernel(
     row_end,
     stride_n,
     stride_d,
-    eps_bits,
     scale_bits,
     NORM: tl.constexpr,
     BLOCK_G: tl.constexpr,  # rows per program
@@ -511,11 +528,10 @@ def _kl_gather_kernel(
     DP: tl.constexpr,
 ):
     ACC = tl.float64 if z_ptr.dtype.element_ty == tl.float64 else tl.float32
-    eps = _f64_from_bits(eps_bits)
     scale = _f64_from_bits(scale_bits).to(ACC)
     _gather_rows(
-        z_ptr, nbr_ptr, grad_ptr, tl.program_id(0) * BLOCK_G, n, d, row_begin, row_end, stride_n, stride_d, scale,
-        eps, NORM, ACC, BLOCK_G, BLOCK_N, DP,
+        z_ptr, nbr_ptr, weight_ptr, grad_ptr, tl.program_id(0) * BLOCK_G, n, d, row_begin, row_end, stride_n,
+        stride_d, scale, NORM, ACC, BLOCK_G, BLOCK_N, DP,
     )
 
 
@@ -523,7 +539,9 @@ def _kl_gather_kernel(
 def _kl_small_kernel(
     z_ptr,
     h_ptr,  # 0-dim output
+    terms_ptr,  # (M,) float64 scratch: the per-row log terms
     nbr_ptr,  # (M,) int64 output (COMPUTE_GRAD)
+    weight_ptr,  # (M,) ACC scratch: the per-row gradient weights (COMPUTE_GRAD)
     grad_ptr,  # (N, d) output (COMPUTE_GRAD), fully written
     n,
     d,
@@ -540,34 +558,36 @@ def _kl_small_kernel(
     NORM: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr,
     BLOCK_G: tl.constexpr,
+    GATHER_SCAN: tl.constexpr,  # neighbour-list entries scanned at once (not tuned: fixed order)
+    SUM_BLOCK: tl.constexpr,  # the H reduction's width, as _sum_terms_kernel's
     DP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
 ):
     """The small-batch path: ONE program computes H and the whole dH/dz (launch with grid (1,)).
-    Phase 1 searches the range rows block by block (writing the neighbour list), phase 2 gathers
-    the gradient of every row from it. No atomics, nothing but the outputs in memory."""
+    Phase 1 searches the range rows block by block (writing terms, neighbours and weights),
+    phase 2 sums H as _sum_terms_kernel does and gathers the gradient of every row. No atomics.
+    The tuned block sizes change only how rows are grouped, never the order of a sum."""
     ACC = tl.float64 if z_ptr.dtype.element_ty == tl.float64 else tl.float32
     eps = _f64_from_bits(eps_bits)
-    total = tl.zeros((BLOCK_M,), dtype=tl.float64)
     for r0 in range(row_begin, row_end, BLOCK_M):
         rows = r0 + tl.arange(0, BLOCK_M)
         row_ok = rows < row_end
         top_key, top_idx = _search_rows(
-            z_ptr, rows, n, d, stride_n, stride_d, K, KP, NORM, ACC, BLOCK_M, BLOCK_N, BLOCK_D
+            z_ptr, rows, n, d, stride_n, stride_d, K, KP, NORM, ACC, BLOCK_M, BLOCK_N
         )
         key, nbr = _worst(top_key, top_idx)
-        total += tl.where(row_ok, _log_term(key, eps, NORM), 0.0)
+        tl.store(terms_ptr + (rows - row_begin), _log_term(key, eps, NORM), mask=row_ok)
         if COMPUTE_GRAD:
             tl.store(nbr_ptr + (rows - row_begin), nbr.to(tl.int64), mask=row_ok)
-    scale64 = _f64_from_bits(scale_bits)
-    h = _f64_from_bits(const_bits) + scale64 * tl.sum(total, axis=0)
+            tl.store(weight_ptr + (rows - row_begin), _weight(key, eps, NORM, ACC), mask=row_ok)
+    tl.debug_barrier()  # what phase 1 wrote is read by every thread below
+    h = _sum_terms(terms_ptr, row_end - row_begin, const_bits, scale_bits, SUM_BLOCK)
     tl.store(h_ptr, h.to(h_ptr.dtype.element_ty))
     if COMPUTE_GRAD:
-        tl.debug_barrier()  # the neighbour list written above is read by every thread below
+        scale = _f64_from_bits(scale_bits).to(ACC)
         for g0 in range(0, n, BLOCK_G):
             _gather_rows(
-                z_ptr, nbr_ptr, grad_ptr, g0, n, d, row_begin, row_end, stride_n, stride_d, scale64.to(ACC), eps,
-                NORM, ACC, BLOCK_G, BLOCK_N, DP,
+                z_ptr, nbr_ptr, weight_ptr, grad_ptr, g0, n, d, row_begin, row_end, stride_n, stride_d, scale,
+                NORM, ACC, BLOCK_G, GATHER_SCAN, DP,
             )

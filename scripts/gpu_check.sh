@@ -3,6 +3,7 @@
 # (an H100 with torch + CUDA toolkit, no network). Under 8 minutes:
 #
 #   1. build eae_kernels._C in place with its CUDA kernels (sm_90 only, to save time)    ~1.5 min
+#   1b. python -m eae_kernels.selfcheck: every GPU backend against the CPU kernel, every path
 #   2. pytest tests/test_cuda.py (the CUDA-specific checks)                               ~1 min
 #   3. GPU timing: cuda, triton and reference, forward and forward+backward, float32, k=1,
 #      d=64, N in {100, 1024, 16384, 65536}; the design targets (N=65536 with d=128 as a fraction
@@ -14,8 +15,9 @@
 # Usage (from the repository root):  OUT=/some/dir bash scripts/gpu_check.sh
 # Everything it prints is also written under $OUT: build.log, test_cuda.log, bench.log,
 # bench.json, bench.md, triton_check.log, tests.log and summary.txt (what passed, what failed).
-# GPU_CHECK_DRY=1 rehearses the script without a GPU (no build, no tests; the timing harness on
-# the CPU backend at small N), so that a mistake in it does not cost GPU time.
+# GPU_CHECK_DRY=1 rehearses the script without a GPU (no build, no tests; the self-check on the
+# Triton interpreter, the timing harness on the CPU backend at small N), so that a mistake in it
+# does not cost GPU time.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_check_out}"
@@ -57,6 +59,15 @@ if [ "$DRY" != 1 ]; then
   "$PY" -c "import eae_kernels._C as c; assert c.with_cuda, 'built without CUDA kernels'; print('with_cuda', c.with_cuda)" \
     2>&1 | tee -a "$SUMMARY" || exit 1
 fi
+
+# ---- 1b. The self-check: every GPU backend against the CPU kernel (dry: Triton's interpreter) --
+if [ "$DRY" = 1 ]; then
+  timeout "$(left)" env TRITON_INTERPRET=1 "$PY" -m eae_kernels.selfcheck --device cpu >"$OUT/selfcheck.log" 2>&1
+else
+  timeout "$(left)" "$PY" -m eae_kernels.selfcheck --device cuda:0 >"$OUT/selfcheck.log" 2>&1
+fi
+note "selfcheck: exit $? ($(elapsed) s): $(tail -2 "$OUT/selfcheck.log" | head -1)"
+cat "$OUT/selfcheck.log"
 
 # ---- 2. The CUDA-specific tests ---------------------------------------------------------------
 if [ "$DRY" != 1 ]; then

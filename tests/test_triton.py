@@ -111,10 +111,9 @@ def test_matches_cpu_float32(path, k):
 
 
 @pytest.mark.parametrize("p", P_VALUES)
-def test_chunked_inner_loop_and_wide_rows(path, p, monkeypatch):
-    """BLOCK_D = 4 (3-D chunks, d not a multiple of 4), and d = 70: several chunks of the atomic
-    epilogue (p = inf: arg-max across chunks) and a 128-wide gather tile."""
-    monkeypatch.setitem(triton_backend.INTERPRETER_SEARCH_CONFIG, "BLOCK_D", 4)
+def test_wide_rows(path, p):
+    """d = 70: several chunks of the atomic epilogue (p = inf: arg-max across chunks) and a
+    128-wide gather tile."""
     for n, d in [(33, 6), (20, 70)]:
         z = random_rows(n, d, seed=d)
         h, g, nbr = triton_op(z, 2, p, deterministic=path)
@@ -215,12 +214,39 @@ def test_half_inputs_accumulate_in_float32(path, dtype):
     assert torch.equal(nbr.cpu(), nbr_cpu)
 
 
-def test_strided_inputs_equal_their_contiguous_copy(path):
-    base = random_rows(5, 31, seed=4)
+def test_strided_inputs_equal_their_contiguous_copy(path, request):
+    """The glue makes z contiguous, so a transposed input runs the very kernels of its copy: the
+    same bits, except the atomic gradient, whose order of float additions is never fixed."""
+    base = random_rows(5, 31, seed=4, dtype=torch.float32)
     z = base.t()  # (31, 5) with strides (1, 31)
     assert not z.is_contiguous()
-    for a, b in zip(triton_op(z, 2, 1.0, deterministic=path), triton_op(z.contiguous(), 2, 1.0, deterministic=path)):
-        assert torch.equal(a, b)
+    h, g, nbr = triton_op(z, 2, 1.0, deterministic=path)
+    h_c, g_c, nbr_c = triton_op(z.contiguous(), 2, 1.0, deterministic=path)
+    assert torch.equal(h, h_c) and torch.equal(nbr, nbr_c)
+    if request.node.callspec.params["path"] == "tiled-atomic":
+        assert_close_to(g_c, g, rtol=1e-6, atol=1e-6 * g_c.abs().max().item())
+    else:
+        assert torch.equal(g, g_c)
+
+
+@pytest.mark.parametrize("p", P_VALUES)
+def test_deterministic_bits_do_not_depend_on_block_sizes(path, p, monkeypatch, request):
+    """What the autotuner chooses on a GPU (block sizes) must not change a deterministic result:
+    every sum is in a fixed order. The small and tiled-gather paths even agree with each other.
+    (float64: a float32 H would hide a different grouping of the float64 sum in its rounding.)"""
+    if request.node.callspec.params["path"] == "tiled-atomic":
+        pytest.skip("the atomic gradient is not deterministic")
+    z = random_rows(45, 6, seed=21)
+    results = []
+    for block_m, block_n in [(16, 16), (8, 32), (32, 8)]:
+        monkeypatch.setitem(triton_backend.INTERPRETER_SEARCH_CONFIG, "BLOCK_M", block_m)
+        monkeypatch.setitem(triton_backend.INTERPRETER_SEARCH_CONFIG, "BLOCK_N", block_n)
+        results.append(triton_op(z, 2, p, deterministic=True))
+    monkeypatch.setattr(triton_backend, "SMALL_BATCH_MAX_WORK", 1 << 40)  # and the small path
+    results.append(triton_op(z, 2, p, deterministic=True))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,6 +307,23 @@ def test_knn_non_finite_row_gives_nan_distances():
     dist, idx = triton_backend.knn_op()(z.to(DEVICE), 2, 2.0)
     assert dist[3].isnan().all() and not dist[0].isnan().any()
     assert ((idx >= 0) & (idx < 20)).all()
+
+
+def test_knn_overflowing_distances_stay_inf_like_cpu():
+    """Finite rows whose distances overflow float32 give +inf (not NaN), as on the CPU and CUDA;
+    a row next to a non-finite one still gives NaN."""
+    z = torch.zeros(12, 2)
+    z[:10, 0] = torch.arange(10) * 1e30
+    z[10, 1] = math.inf
+    z[11, 0] = -1e30
+    for p in P_VALUES:
+        dist, idx = triton_backend.knn_op()(z.to(DEVICE), 1, p)
+        dist_cpu, idx_cpu = torch.ops.eae_kernels.knn(z, 1, p)
+        assert torch.equal(idx.cpu(), idx_cpu)
+        torch.testing.assert_close(dist.cpu(), dist_cpu, rtol=1e-6, atol=0, equal_nan=True)
+        assert dist[10].isnan().all()
+    dist2, _ = triton_backend.knn_op()(z.to(DEVICE), 1, 2.0)  # the case this test is about
+    assert dist2[:10].isinf().all() and torch.ops.eae_kernels.knn(z, 1, 2.0)[0][:10].isinf().all()
 
 
 def test_knn_half_input_gives_float32_distances():
@@ -360,24 +403,29 @@ _AOT_SCRIPT = textwrap.dedent(
         return {name: dtypes.get(name, "i32") for name in names}
 
     search = {"terms_ptr": "*fp64", "nbr_ptr": "*i64", "eps_bits": "i64", "scale_bits": "i64"}
-    small = {"h_ptr": "*fp32", "nbr_ptr": "*i64", "eps_bits": "i64", "const_bits": "i64", "scale_bits": "i64"}
-    gather = {"nbr_ptr": "*i64", "eps_bits": "i64", "scale_bits": "i64"}
+    small = {"h_ptr": "*fp32", "terms_ptr": "*fp64", "nbr_ptr": "*i64", "eps_bits": "i64", "const_bits": "i64",
+             "scale_bits": "i64"}
+    gather = {"nbr_ptr": "*i64", "scale_bits": "i64"}
     cases = [
         (tk._knn_kernel, {"z_ptr": "*fp32", "dist_ptr": "*fp32", "idx_ptr": "*i64"},
-         dict(K=3, KP=4, NORM=2, BLOCK_M=16, BLOCK_N=512, BLOCK_D=1), 4),
-        (tk._kl_search_kernel, dict(search, z_ptr="*fp32", grad_ptr="*fp32"),
-         dict(K=1, KP=1, NORM=0, STORE_NBR=True, SCATTER=True, EPI_D=32, BLOCK_M=8, BLOCK_N=1024, BLOCK_D=1), 4),
-        (tk._kl_search_kernel, dict(search, z_ptr="*bf16", grad_ptr="*bf16"),
-         dict(K=3, KP=4, NORM=1, STORE_NBR=True, SCATTER=False, EPI_D=32, BLOCK_M=64, BLOCK_N=32, BLOCK_D=4), 4),
-        (tk._kl_search_kernel, dict(search, z_ptr="*fp64", grad_ptr="*fp64"),
-         dict(K=9, KP=16, NORM=2, STORE_NBR=True, SCATTER=True, EPI_D=32, BLOCK_M=16, BLOCK_N=64, BLOCK_D=1), 4),
-        (tk._kl_small_kernel, dict(small, z_ptr="*fp16", grad_ptr="*fp16"),
-         dict(K=3, KP=4, NORM=2, COMPUTE_GRAD=True, BLOCK_G=8, DP=256, BLOCK_M=16, BLOCK_N=128, BLOCK_D=1), 4),
+         dict(K=3, KP=4, NORM=2, BLOCK_M=16, BLOCK_N=512), 4),
+        (tk._kl_search_kernel, dict(search, z_ptr="*fp32", weight_ptr="*fp32", grad_ptr="*fp32"),
+         dict(K=1, KP=1, NORM=0, STORE_NBR=True, STORE_WEIGHT=False, SCATTER=True, EPI_D=32, BLOCK_M=8,
+              BLOCK_N=1024), 4),
+        (tk._kl_search_kernel, dict(search, z_ptr="*bf16", weight_ptr="*fp32", grad_ptr="*bf16"),
+         dict(K=3, KP=4, NORM=1, STORE_NBR=True, STORE_WEIGHT=True, SCATTER=False, EPI_D=32, BLOCK_M=64,
+              BLOCK_N=32), 4),
+        (tk._kl_search_kernel, dict(search, z_ptr="*fp64", weight_ptr="*fp64", grad_ptr="*fp64"),
+         dict(K=9, KP=16, NORM=2, STORE_NBR=True, STORE_WEIGHT=False, SCATTER=True, EPI_D=32, BLOCK_M=16,
+              BLOCK_N=64), 4),
+        (tk._kl_small_kernel, dict(small, z_ptr="*fp16", weight_ptr="*fp32", grad_ptr="*fp16"),
+         dict(K=3, KP=4, NORM=2, COMPUTE_GRAD=True, BLOCK_G=8, GATHER_SCAN=64, SUM_BLOCK=1024, DP=256,
+              BLOCK_M=16, BLOCK_N=128), 4),
         (tk._sum_terms_kernel, {"terms_ptr": "*fp64", "h_ptr": "*fp32", "const_bits": "i64", "scale_bits": "i64"},
          dict(BLOCK=1024), 4),
-        (tk._kl_gather_kernel, dict(gather, z_ptr="*fp32", grad_ptr="*fp32"),
+        (tk._kl_gather_kernel, dict(gather, z_ptr="*fp32", weight_ptr="*fp32", grad_ptr="*fp32"),
          dict(NORM=0, BLOCK_G=16, BLOCK_N=64, DP=128), 4),
-        (tk._kl_gather_kernel, dict(gather, z_ptr="*fp64", grad_ptr="*fp64"),
+        (tk._kl_gather_kernel, dict(gather, z_ptr="*fp64", weight_ptr="*fp64", grad_ptr="*fp64"),
          dict(NORM=1, BLOCK_G=16, BLOCK_N=64, DP=64), 4),
     ]
     for arch in (80, 90):

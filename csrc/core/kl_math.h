@@ -63,21 +63,54 @@ inline double kl_constant(int64_t n, int64_t d, int64_t k, Norm norm) {
   return digamma_int(n) - digamma_int(k) + log_unit_ball_volume(d, norm);
 }
 
+// a * b and a + b, each rounded once, on the host and on the device. nvcc contracts a * b + c
+// into one fma by default and the CPU build does not: written with these, the weight below has
+// the same roundings on both.
+EAE_HD float rn_mul(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+EAE_HD double rn_mul(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+EAE_HD float rn_add(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+EAE_HD double rn_add(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
 // 0.5 * log(r^2 + eps^2) from a key (squared distance for L2, distance otherwise), in double.
 // A non-finite distance (NaN or inf input) gives NaN, so H is NaN for non-finite input.
 EAE_HD double log_distance_term(double key, Norm norm, double eps) {
-  const double r2 = (norm == Norm::L2) ? key : key * key;
+  const double r2 = (norm == Norm::L2) ? key : rn_mul(key, key);
   if (!(r2 <= 1.79769313486231570e308)) return NAN;  // NaN or inf
-  return 0.5 * log(r2 + eps * eps);
+  return 0.5 * log(rn_add(r2, rn_mul(eps, eps)));
 }
 
 // d/dr of 0.5 * log(r^2 + eps^2), expressed so that the direction below multiplies it:
 //   L2:       weight = 1 / (r^2 + eps^2), direction = (a - b)
 //   L1, Linf: weight = r / (r^2 + eps^2), direction = sign(a - b) (Linf: arg-max coordinate only)
+// Division is IEEE-rounded on both sides (nvcc without --use_fast_math).
 template <class T>
 EAE_HD T gradient_weight(T key, Norm norm, T eps) {
-  if (norm == Norm::L2) return T(1) / (key + eps * eps);
-  return key / (key * key + eps * eps);
+  if (norm == Norm::L2) return T(1) / rn_add(key, rn_mul(eps, eps));
+  return key / rn_add(rn_mul(key, key), rn_mul(eps, eps));
 }
 
 // Candidate order: by key with NaN treated as +inf, then by index. The lower index wins ties.

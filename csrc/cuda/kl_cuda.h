@@ -37,7 +37,7 @@ struct EntropyProblem {
 // How a call runs (chosen from the problem and the device; see kl_cuda.cu). Exposed for the
 // binding's workspace allocation and for tests and benchmarks.
 enum class Path : int {
-  kFused = 0,          // small batch: ONE kernel computes h and the whole gradient (+ a 16-byte memset)
+  kFused = 0,          // small batch: ONE kernel computes h and the whole gradient (+ an 8-byte memset)
   kAtomic = 1,         // search kernel whose epilogue scatters the gradient with float atomics
   kReverseGather = 2,  // search kernel, stable sort of the neighbours, gather kernel (deterministic)
   kForward = 3,        // h only (no gradient)
