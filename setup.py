@@ -63,8 +63,11 @@ def extensions():
             )
         ]
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-    # No --use_fast_math: it makes divisions approximate and flushes denormals, so the GPU
-    # gradient would no longer match the CPU kernels bit for bit.
+    # No --use_fast_math: it makes divisions and logs approximate and flushes denormals. The
+    # kernels rely on IEEE division and on explicit roundings (fma for the distance keys,
+    # __fmul_rn/__fadd_rn for the gradient weights and sums, csrc/core/kl_math.h) to compute the
+    # CPU kernel's keys (hence its neighbours) and its gradient roundings. H is not bit-identical
+    # to the CPU's (another log, another summation order): see README, "What is bit for bit".
     nvcc_flags = (["-O0", "-g", "-G"] if DEBUG else ["-O3"]) + ["-std=c++17"]
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
     return [

@@ -12,10 +12,13 @@ For each tile it accumulates the (BLOCK_M, BLOCK_N) tile of exact pair keys in r
           max_c |a_c - b_c|     (p = inf; a NaN propagates)
 
 never through ||a||^2 + ||b||^2 - 2<a, b>. Coordinates are accumulated one at a time, in order
-(rank-1 updates of the register tile): every pair's key is the same sequence of roundings
-whatever the block sizes, so the autotuner's choice never changes a key, a neighbour or a bit of
-the result. (A reduction over a chunk of coordinates, tl.sum, would add them in an order that
-follows the block shape and the register layout.)
+(rank-1 updates of the register tile), p = 2 with an explicit fma: every pair's key is the same
+sequence of roundings whatever the block sizes (so the autotuner's choice never changes a key, a
+neighbour or a bit of the result) and, in float32, the same as in the CPU kernel's AVX2/AVX-512
+paths. (A
+reduction over a chunk of coordinates, tl.sum, would add them in an order that follows the block
+shape and the register layout.) Elsewhere (weights, gradients) the compiler may fuse
+multiply-adds, so those agree with the CPU to rounding, not bit for bit.
 
 z is contiguous (the glue in triton_backend.py makes it so): stride_d is 1, which Triton
 specialises away, so no int32 product of a coordinate and a stride can overflow; row offsets
@@ -110,9 +113,15 @@ def _weight(key, eps, NORM: tl.constexpr, ACC: tl.constexpr):
     eps = 0 with a zero distance), as on the CPU."""
     e = eps.to(ACC)
     if NORM == 2:
-        w = 1.0 / (key + e * e)
+        num = tl.full(key.shape, 1.0, ACC)
+        den = key + e * e
     else:
-        w = key / (key * key + e * e)
+        num = key
+        den = key * key + e * e
+    if ACC == tl.float32:
+        w = tl.math.div_rn(num, den)  # IEEE division, as the CPU and CUDA (fp32 "/" is approximate)
+    else:
+        w = num / den  # fp64 division is IEEE already
     term = _log_term(key, eps, NORM)
     return tl.where((term > -_INF) & (term < _INF), w, float("nan"))
 
@@ -147,7 +156,7 @@ def _tile_keys(
         b = tl.load(b_base + c * stride_d).to(ACC)
         diff = a[:, None] - b[None, :]
         if NORM == 2:
-            acc += diff * diff
+            acc = tl.fma(diff, diff, acc)  # explicit: the CPU kernel's fma, whatever the fusion setting
         elif NORM == 1:
             acc += tl.abs(diff)
         else:

@@ -82,7 +82,15 @@ def check_one_launch_and_graph():
     n, d = (100, 64) if not DRY else (20, 4)
     z = torch.randn(n, d, device=DEV)
     op = triton_backend.kl_entropy_op()
-    op(z, 1, 2.0, EPS, True, False)  # compile + autotune outside the capture
+    if DEV == "cuda":  # a shape class never seen: its first call during capture must say what to do
+        unseen = torch.randn(n + 1, d, device=DEV)
+        try:
+            with torch.cuda.graph(torch.cuda.CUDAGraph()):
+                op(unseen, 1, 2.0, EPS, True, False)
+            print("  first call during capture: did NOT raise")
+        except RuntimeError as exc:
+            print(f"  first call during capture raises: {'eae_kernels.warmup' in str(exc)} ({str(exc)[:90]}...)")
+    eae_kernels.warmup(z, 1, backend="triton")  # compile + autotune outside the capture
     if DEV != "cuda":
         return
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

@@ -309,6 +309,20 @@ def test_knn_non_finite_row_gives_nan_distances():
     assert ((idx >= 0) & (idx < 20)).all()
 
 
+def test_float32_keys_are_the_cpu_kernels():
+    """Coordinates in order, p = 2 by explicit fma, as the CPU kernel's float32 SIMD paths: the
+    very same keys, so the distances are bit-identical and near-ties go the same way. (Triton's
+    interpreter rounds an fma once, as the GPU does. The CPU's float64 distances differ in the
+    last bit for some d.)"""
+    if os.environ.get("EAE_KERNELS_CPU_ISA") == "generic":
+        pytest.skip("the portable CPU kernel multiplies and adds without fma")
+    z = random_rows(40, 37, seed=5, dtype=torch.float32)
+    for p in P_VALUES:
+        dist, idx = triton_backend.knn_op()(z.to(DEVICE), 3, p)
+        dist_cpu, idx_cpu = torch.ops.eae_kernels.knn(z, 3, p)
+        assert torch.equal(idx.cpu(), idx_cpu) and torch.equal(dist.cpu(), dist_cpu), p
+
+
 def test_knn_overflowing_distances_stay_inf_like_cpu():
     """Finite rows whose distances overflow float32 give +inf (not NaN), as on the CPU and CUDA;
     a row next to a non-finite one still gives NaN."""
