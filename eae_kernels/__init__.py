@@ -12,7 +12,6 @@ from ._extension import available as extension_available
 from ._validate import DEFAULT_EPS
 from .modules import KLEntropy
 from .ops import kl_entropy, knn_distances
-from .selfcheck import warmup
 
 __version__ = "0.1.0"
 __all__ = [
@@ -25,3 +24,13 @@ __all__ = [
     "warmup",
     "__version__",
 ]
+
+
+def __getattr__(name):
+    # warmup lives in selfcheck.py, imported on first use: `python -m eae_kernels.selfcheck` must
+    # not find that module already imported by the package.
+    if name == "warmup":
+        from .selfcheck import warmup
+
+        return warmup
+    raise AttributeError(f"module 'eae_kernels' has no attribute {name!r}")

@@ -259,6 +259,13 @@ _CAPTURE_MESSAGE = (
 )
 
 
+def _tracing(z: torch.Tensor) -> bool:
+    """True while torch.compile or make_fx traces (fake tensors, symbolic sizes): nothing runs."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return torch.compiler.is_compiling() or is_fake(z) or not all(isinstance(s, int) for s in z.shape)
+
+
 class _Launcher:
     """Launches the kernels for one call: picks the tuned or the interpreter variant, and goes
     through torch.library.wrap_triton when the op is a triton_op (so torch.compile sees them).
@@ -280,7 +287,7 @@ class _Launcher:
     def searching(self, name: str, grid, args, meta):
         """One of the search kernels (knn, search, small): autotuned block sizes."""
         z = args[0]
-        tracked = self.kernels.tuned and z.device.type == "cuda" and not torch.compiler.is_compiling()
+        tracked = self.kernels.tuned and z.device.type == "cuda" and not _tracing(z)
         if tracked:  # the autotuner's key: N's bit length, d, K, NORM and the dtypes
             n, d = z.shape
             what = (f"{name} kernel, {2 ** (n.bit_length() - 1)} <= N < {2 ** n.bit_length()}, d={d}, "

@@ -398,6 +398,16 @@ def test_constant_matches_the_reference(n, d, k, p):
     assert triton_backend._kl_constant(n, d, k, p) == pytest.approx(expected, rel=1e-14, abs=1e-13)
 
 
+def test_large_n_times_fewer_candidates():
+    import triton
+
+    configs = triton_backend._configs(triton, triton_backend._SEARCH_SHAPES)
+    small_n = triton_backend._prune_for_large_n(configs, {"n_bucket": 16})
+    large_n = triton_backend._prune_for_large_n(configs, {"n_bucket": triton_backend.LARGE_N_BUCKET})
+    assert len(small_n) == len(configs) == 7
+    assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in large_n] == [(8, 1024), (16, 512), (16, 256)]
+
+
 # Compiles kernel variants for real GPUs in a fresh process (the interpreter is off there), with
 # Triton's bundled ptxas and no GPU: catches what the interpreter cannot (lowering, typing,
 # Triton's compile-time checks). Each line: kernel, signature dtypes, constexprs, num_warps.
