@@ -11,7 +11,8 @@ inf}, float32 and bfloat16, a transposed (non-contiguous) input and integer rows
 ties and duplicates. Each case is compared with the CPU kernel on the same input (bfloat16 rows
 are compared after rounding, both sides computing in float32):
 
-  * neighbours: identical (ties go to the lower index on every backend);
+  * neighbours: identical (exact ties go to the lower index on every backend; the random inputs
+    have no near-ties closer than a rounding);
   * H, dH/dz and knn distances: within rounding, not bit for bit (see ``TOLERANCES``: another
     order of float additions, fused multiply-adds, another log);
   * deterministic cases (the small path, deterministic=True): a second call gives the same bits.

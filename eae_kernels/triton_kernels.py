@@ -14,11 +14,11 @@ For each tile it accumulates the (BLOCK_M, BLOCK_N) tile of exact pair keys in r
 never through ||a||^2 + ||b||^2 - 2<a, b>. Coordinates are accumulated one at a time, in order
 (rank-1 updates of the register tile), p = 2 with an explicit fma: every pair's key is the same
 sequence of roundings whatever the block sizes (so the autotuner's choice never changes a key, a
-neighbour or a bit of the result) and, in float32, the same as in the CPU kernel's AVX2/AVX-512
-paths. (A
-reduction over a chunk of coordinates, tl.sum, would add them in an order that follows the block
-shape and the register layout.) Elsewhere (weights, gradients) the compiler may fuse
-multiply-adds, so those agree with the CPU to rounding, not bit for bit.
+neighbour or a bit of the result) and whatever Triton's fusion setting (its default turns off in
+Triton 3.10); the CUDA kernels use the same roundings (csrc/cuda/topk.cuh). A reduction over a
+chunk of coordinates (tl.sum) would add them in an order that follows the block shape and the
+register layout. Elsewhere (weights, gradients) the compiler may fuse multiply-adds, so those
+agree with the CPU kernel to rounding, not bit for bit.
 
 z is contiguous (the glue in triton_backend.py makes it so): stride_d is 1, which Triton
 specialises away, so no int32 product of a coordinate and a stride can overflow; row offsets
