@@ -182,7 +182,7 @@ _SEARCH_SHAPES = [
 ]  # fmt: skip
 _SEARCH_SHAPES_LARGE_K = [(8, 512, 4), (16, 256, 4), (16, 64, 4), (32, 32, 4)]  # KP > 8
 # From LARGE_N_BUCKET on (N >= 2^16) one benchmark run of a configuration takes long (at N = 1e6
-# the 8 candidates cost minutes): only these are timed, the short wide tiles. Unmeasured choice.
+# the 7 candidates were estimated at minutes): only these are timed, the short wide tiles. Unmeasured.
 LARGE_N_BUCKET = 17
 _SEARCH_SHAPES_LARGE_N = {(8, 1024, 4), (16, 512, 4), (16, 256, 4), (8, 512, 4)}
 # The one-program kernel: N <= 1024, so narrower tiles waste fewer columns. One num_warps for all:
@@ -248,7 +248,7 @@ _INTERPRETER_GATHER_SCAN = 16
 _SUM_BLOCK = 1024
 
 
-# Shape classes (kernel, autotuning key, dtype, device) whose autotuning has run in this process.
+# Shape classes (kernel and autotuning key, described in words) tuned in this process.
 _TUNED_CLASSES: set = set()
 
 _CAPTURE_MESSAGE = (
