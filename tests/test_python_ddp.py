@@ -27,7 +27,7 @@ import torch.multiprocessing as mp
 
 from python.parallel import Parallel, rank_share, training_device
 
-from test_python_train import assert_same_state, narrow, state_of, tiny_config
+from conftest import assert_same_state, narrow, state_of, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
