@@ -15,6 +15,7 @@ import pytest
 from benchmarks import run  # at the repository root: pyproject.toml's pytest pythonpath
 
 
+@pytest.mark.slow
 def test_tiny_sweep_writes_checked_results(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     monkeypatch.setitem(sys.modules, "pykeops", None)  # as if pykeops were not installed

@@ -191,7 +191,7 @@ def digits_train():
     return load_dataset("digits").train
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [n if n == "eae" else pytest.param(n, marks=pytest.mark.slow) for n in MODELS])
 def test_every_model_trains_two_steps_and_samples(tmp_path, monkeypatch, digits_train, name):
     narrow("digits", monkeypatch)
     config = tiny_config(tmp_path, "digits", model=name, batch_size=800, latent_dim=4)  # 1617 images: 2 steps
@@ -235,6 +235,7 @@ def test_model_option_and_beta():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compare_writes_the_table_and_samples_and_reuses_runs(tmp_path, monkeypatch, capsys):
     narrow("digits", monkeypatch)
     options = dict(epochs=1, batch_size=800, latent_dim=4, threads=1)

@@ -76,6 +76,7 @@ def digits_run(tmp_path_factory) -> Path:
     return train(config, progress=False, finish=False)
 
 
+@pytest.mark.slow
 def test_digits_run_writes_grids_and_metrics(digits_run):
     """The full path of the default data set: train, grids, metrics."""
     run, data = load_run(digits_run, "cpu"), load_dataset("digits")

@@ -36,7 +36,8 @@ from eae_kernels import reference, triton_backend  # noqa: E402
 from conftest import integer_rows, random_rows  # noqa: E402
 
 # numpy's warnings from inside the interpreter (log(0), inf - inf in the NaN/eps=0 tests).
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
+pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
+              pytest.mark.slow, pytest.mark.interpreter]
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS = eae_kernels.DEFAULT_EPS
@@ -389,6 +390,7 @@ _AOT_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.subprocess
 def test_kernels_compile_for_sm80_and_sm90():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
@@ -437,6 +439,7 @@ _TRACE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.subprocess
 def test_triton_op_traces_into_its_kernels():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", _TRACE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
