@@ -1,6 +1,6 @@
 """The paper's comparison (its Table 1) on your data: ``python -m python.compare``.
 
-    python -m python.compare --dataset digits                  # every model, the digits budget (~7 min, 1 core)
+    python -m python.compare --dataset digits                  # every model, the digits budget (6.5 min, 1 core)
     python -m python.compare --dataset mnist --data-dir ~/data/mnist --device cuda
     python -m python.compare --models eae,vae,rae-l2 --epochs 5 --out runs/quick
 

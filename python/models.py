@@ -16,7 +16,7 @@ Architectures (``ARCHITECTURES``) follow the paper, which copies the RAE referen
   256 (4x4, stride 2, BN + ReLU), then a 4x4 stride-1 conv to the image channels and a sigmoid.
 - ``celeba`` (64x64): the same with 5x5 kernels, decoder ConvT 512-256-128.
 - ``digits`` (16x16, the embedded default): a small variant, 32-64-128 channels, so that
-  training finishes in minutes on a laptop CPU.
+  training takes about a minute on 2 CPU cores.
 
 The last decoder layer is a stride-1 "same" convolution: for stride 1 a transposed convolution
 is a convolution with a flipped kernel, and an explicit zero padding (1 before, 2 after for 4x4)

@@ -1,6 +1,6 @@
 """Train an entropic autoencoder: ``python -m python.train``.
 
-    python -m python.train                       # digits bundled with scikit-learn, ~1-2 min on 2 CPU cores
+    python -m python.train                       # digits bundled with scikit-learn, about a minute on 2 CPU cores
     python -m python.train --dataset mnist --data-dir ~/data/mnist --beta 0.05 --epochs 100
     python -m python.train --dataset celeba --data-dir ~/data/celeba/img_align_celeba --device cuda
     python -m python.train --resume runs/<name> [--epochs N]   # continue exactly where it stopped
