@@ -166,7 +166,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, fini
     Args:
         config: a validated :class:`~python.runs.TrainConfig`; ``config.run_dir`` must be set.
         resume: continue from ``run_dir/checkpoint.pt`` (model, optimiser, scheduler, epoch, step
-            within the epoch, RNG states); otherwise ``run_dir`` must not hold a run yet.
+            within the epoch, RNG states), or from ``checkpoint.prev.pt`` when that one is
+            damaged; otherwise ``run_dir`` must not hold a run yet.
         progress: show a tqdm progress bar (rank 0 only, and only when stderr is a terminal;
             the per-epoch summary lines are printed either way).
         finish: when all epochs are done, write the PNG grids and (if ``config.evaluate``)
@@ -309,7 +310,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
             log.close()
 
     if module.second_stage_pending(epoch):
-        # the 2SVAE's VAE on the codes; repeatable (own generator), so a Ctrl-C here restarts it on --resume
+        # a second training stage (the 2SVAE's VAE on the codes); repeatable (own generator), so a
+        # Ctrl-C here restarts it on --resume
         losses = module.fit_second_stage(data.train, device, config.epochs, config.batch_size, config.lr,
                                          config.seed, epoch)
         checkpoint_now()
@@ -392,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads (default: 1 for digits, else torch's default)")
     p.add_argument("--eval", dest="evaluate", action=argparse.BooleanOptionalAction, default=None,
                    help="write metrics.json when training ends (default on)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (there is none anyway when stderr is not a terminal)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (there is none anyway when stderr is not a terminal)")
     return p
 
 
