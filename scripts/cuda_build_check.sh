@@ -70,6 +70,9 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== build: CUDA_HOME=$CUDA_HOME TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-<setup.py default>} MAX_JOBS=$MAX_JOBS"
+# the nvcc -gencode flags torch derives from the arch list (a private helper: best effort)
+ARCHS=${TORCH_CUDA_ARCH_LIST:-$(sed -n 's/^DEFAULT_CUDA_ARCHS = "\([^"]*\)".*/\1/p' setup.py)}
+TORCH_CUDA_ARCH_LIST=$ARCHS "$PY" -c "from torch.utils import cpp_extension as c; print('nvcc:', ' '.join(c._get_cuda_arch_flags()))" 2>/dev/null || true
 started=$(date +%s)
 "$PY" -m pip install --no-build-isolation --no-deps -e .
 echo "built in $(( $(date +%s) - started )) s"
