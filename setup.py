@@ -1,14 +1,24 @@
-"""Builds eae_kernels and its compiled extension eae_kernels._C against the installed PyTorch.
+"""Builds eae_kernels and its compiled extension eae_kernels._C against the installed PyTorch,
+and installs the model package.
 
-    pip install --no-build-isolation -e ".[test]"
+    pip install --no-build-isolation -e ".[test]"     # development: editable, with the test tools
+    pip install --no-build-isolation ".[train]"       # a user: the library and the model package
 
 --no-build-isolation matters: the extension must be compiled against the torch you run with,
 not a fresh copy pip would download into an isolated build environment.
 
+The model package lives in python/ (so that ``python -m python.train`` works in a checkout) and
+is installed under the name ``eae_models`` (package_dir maps it; its modules import each other
+relatively, so the same files serve both names), with the console commands eae-train,
+eae-sample, eae-evaluate and eae-compare. Its runtime needs are the ``train`` extra.
+
 The CPU kernels are always built. The CUDA kernels (csrc/cuda/*.cu) are built as well when the
 installed torch is a CUDA build and a CUDA toolkit (nvcc) is found; EAE_KERNELS_NO_CUDA=1 skips
 them. DEBUG=1 builds without optimisation and with debug symbols. TORCH_CUDA_ARCH_LIST selects
-the GPU architectures (default here: 8.0 and 9.0).
+the GPU architectures; the default "8.0;9.0+PTX" builds machine code for A100 (sm_80) and H100/H200
+(sm_90) and embeds sm_90 PTX, which the driver JIT-compiles on newer GPUs (Blackwell and later)
+on first use instead of failing to launch. Set it to your GPU's (e.g. "8.6", "10.0") for the
+fastest build.
 """
 
 import glob
@@ -30,6 +40,11 @@ except ImportError:  # pragma: no cover - the message is the point
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEBUG = os.environ.get("DEBUG", "0") == "1"
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"  # A100, H100/H200, and PTX that newer GPUs JIT-compile
+
+# The model package's runtime needs (python/, installed as eae_models).
+TRAIN_REQUIRES = ["scikit-learn>=1.2", "tqdm", "pillow"]
+CONSOLE_SCRIPTS = [f"eae-{tool} = eae_models.{tool}:main" for tool in ("train", "sample", "evaluate", "compare")]
 
 
 def cuda_wanted() -> bool:
@@ -62,7 +77,7 @@ def extensions():
                 extra_link_args=openmp_flags(),
             )
         ]
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     # No --use_fast_math: it makes divisions and logs approximate and flushes denormals. The
     # kernels rely on IEEE division and on explicit roundings (fma for the distance keys,
     # __fmul_rn/__fadd_rn for the gradient weights and sums, csrc/core/kl_math.h) to compute the
@@ -94,19 +109,20 @@ setup(
     long_description=read("README.md"),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["eae_kernels", "eae_kernels.*"]),
+    packages=find_packages(include=["eae_kernels", "eae_kernels.*"]) + ["eae_models"],
+    package_dir={"eae_models": "python"},
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
     ext_modules=extensions(),
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
-        # Everything the test suite and the model package (python -m python.train) use.
-        "test": [
+        "train": TRAIN_REQUIRES,
+        # Everything the test suite uses: the model package's needs, and matplotlib for the
+        # benchmark plots.
+        "test": TRAIN_REQUIRES + [
             "pytest>=7",
             "pytest-benchmark>=4",
-            "scikit-learn>=1.2",
-            "tqdm",
             "matplotlib",
-            "pillow",
             "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
         ],
         # Optional baselines of the benchmarks.

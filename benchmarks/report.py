@@ -1,4 +1,4 @@
-"""The benchmark's outputs: speedups, the issue's targets, the JSON file and the Markdown report.
+"""The benchmark's outputs: speedups, the performance targets, the JSON file and the Markdown report.
 
 ``results`` is the dict ``benchmarks.run.run_sweep`` returns (and the JSON file holds):
 ``machine``, ``fma_peak``, ``settings``, ``methods`` (name -> availability) and ``records``, one
@@ -13,7 +13,8 @@ from typing import Optional
 
 REFERENCE = "reference"
 
-# The issue's targets, for eae-kernels' own backends (forward+backward, speedup vs the reference).
+# The project's performance targets, for eae-kernels' own backends (forward+backward, speedup vs
+# the reference).
 SPEEDUP_TARGETS = ((100, 64, 1, 4.0), (4096, 64, 1, 8.0), (16384, 64, 1, 10.0))
 MEMORY_TARGET = (65536, 64, 1, 100e6)  # N, d, k, bytes
 FMA_TARGET = (16384, 64, 1, 0.5)  # N, d, k, fraction of the measured peak ("within 2x")
@@ -53,7 +54,7 @@ def ours_names(results: dict) -> list:
 
 
 def evaluate_targets(results: dict) -> list:
-    """The issue's targets, each as {'target', 'measured', 'met'} (met: True, False or None when
+    """The performance targets, each as {'target', 'measured', 'met'} (met: True, False or None when
     this run did not measure it), for every available backend of this package."""
     records = results["records"]
     peak = results.get("fma_peak") or {}
@@ -327,7 +328,7 @@ def to_markdown(results: dict) -> str:
     for name, m in results["methods"].items():
         rows.append([name, "yes" if m["available"] else "skipped", m["note"] if m["available"] else m["unavailable"]])
     out += _table(["method", "ran", "what is measured / why skipped"], rows)
-    out += ["", "## Targets (issue 4)", ""]
+    out += ["", "## Performance targets", ""]
     out += _table(
         ["target", "measured", "met"],
         [[t["target"], t["measured"], {True: "yes", False: "**no**", None: "-"}[t["met"]]] for t in results["targets"]],

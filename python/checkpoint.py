@@ -1,14 +1,19 @@
-"""Checkpoints: atomic writes and the random-number-generator state needed to resume exactly.
+"""Checkpoints: atomic writes, a previous copy to fall back on, and the random-number-generator
+state needed to resume exactly.
 
 A checkpoint is written to a temporary file in the same directory, flushed and fsync'ed, then
 renamed over the previous one with ``os.replace`` (atomic on POSIX and Windows): a kill at any
-moment leaves either the old or the new checkpoint, never a torn one.
+moment leaves either the old or the new checkpoint, never a torn one. The one it replaces is kept
+as ``checkpoint.prev.pt``, so that a checkpoint damaged later (a full disk, a bad copy, a
+truncated transfer) costs one epoch, not the run: reading falls back to it with a one-line note.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,7 @@ import numpy as np
 import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PREVIOUS_NAME = "checkpoint.prev.pt"  # the checkpoint before the latest, kept as a fallback
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -23,10 +29,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        _write(tmp, obj)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -79,18 +82,102 @@ def _as_tuple(value):
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def save_checkpoint(run_dir: str | os.PathLike, **state: Any) -> Path:
+def save_checkpoint(run_dir: str | os.PathLike, keep_previous: bool = True, **state: Any) -> Path:
     """Write ``state`` (model/optimiser/scheduler state dicts, counters, ...) plus the RNG states
-    atomically to ``run_dir/checkpoint.pt``; returns the path."""
+    atomically to ``run_dir/checkpoint.pt``; returns the path.
+
+    With ``keep_previous`` the checkpoint being replaced is kept as ``checkpoint.prev.pt``: the new
+    one is written to a temporary file first, then the old one is hard-linked (or copied) to
+    ``checkpoint.prev.pt`` and the new one renamed over ``checkpoint.pt``, each step atomic, so
+    that at every moment ``checkpoint.pt`` is a complete file and a good earlier one exists.
+    Pass ``keep_previous=False`` when ``checkpoint.pt`` is known to be unreadable (a resume that
+    fell back to the previous checkpoint), so that the good previous one is not replaced by it.
+    """
     path = Path(run_dir) / CHECKPOINT_NAME
-    atomic_torch_save({**state, "rng": rng_state()}, path)
+    previous = path.with_name(PREVIOUS_NAME)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        _write(tmp, {**state, "rng": rng_state()})
+        if keep_previous and path.is_file():
+            atomic_copy(path, previous)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
     return path
 
 
+def atomic_copy(source: Path, target: Path) -> None:
+    """Make ``target`` a copy of ``source`` (a hard link where the file system allows), replacing
+    any earlier ``target`` atomically."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:  # no hard links here (some network and FAT file systems): copy
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class CheckpointError(ValueError):
+    """Neither the latest nor the previous checkpoint of a run can be read."""
+
+
 def load_checkpoint(run_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read ``run_dir/checkpoint.pt`` (tensors and plain Python types only: ``weights_only``)."""
+    """The state of ``run_dir/checkpoint.pt`` (:func:`read_checkpoint`, which see)."""
+    return read_checkpoint(run_dir, map_location)[0]
+
+
+def read_checkpoint(run_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[dict, Path]:
+    """(state, the file it came from) of the run in ``run_dir`` (tensors and plain Python types
+    only: ``weights_only``).
+
+    Reads ``checkpoint.pt``; when that file is missing, truncated or corrupt, says so in one line
+    on stderr and reads ``checkpoint.prev.pt`` instead. Raises FileNotFoundError when the run has
+    no checkpoint at all, :class:`CheckpointError` (a ValueError, one line naming both files) when
+    none can be read.
+    """
     path = Path(run_dir) / CHECKPOINT_NAME
-    if not path.is_file():
+    previous = path.with_name(PREVIOUS_NAME)
+    if not path.is_file() and not previous.is_file():
         raise FileNotFoundError(f"no checkpoint in {Path(run_dir)}: expected {path} "
-                                "(written by python -m python.train)")
-    return torch.load(path, map_location=map_location, weights_only=True)
+                                "(written by the trainer, eae-train or python -m python.train)")
+    problem = _read(path, map_location)
+    if isinstance(problem, dict):
+        return problem, path
+    state = _read(previous, map_location)
+    if isinstance(state, dict):
+        print(f"warning: {path} {problem}; using the previous checkpoint {previous} "
+              f"(epoch {state.get('epoch')}, step {state.get('step')})", file=sys.stderr)
+        return state, previous
+    raise CheckpointError(f"cannot read a checkpoint: {path} {problem}, and {previous} {state}")
+
+
+def _read(path: Path, map_location) -> dict | str:
+    """The checkpoint in ``path``, or why it cannot be read (a short phrase)."""
+    if not path.is_file():
+        return "is missing"
+    if path.stat().st_size == 0:
+        return "is empty"
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, garbage bytes, pickle errors: all mean "unreadable"
+        # only the exception's type: torch's messages run over several lines and give advice
+        # (weights_only=False) that does not apply to a damaged file
+        return f"is unreadable, truncated or corrupt (torch.load raised {type(exc).__name__})"
+    if not isinstance(state, dict):
+        return "is not a checkpoint of this package"
+    return state
+
+
+def _write(path: Path, obj: Any) -> None:
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())

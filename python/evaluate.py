@@ -37,7 +37,7 @@ from .metrics import (
     inception_fid_model,
     latent_gaussianity,
 )
-from .runs import Run, open_run
+from .runs import Run, command, open_run
 from .samplers import decode, encode, make_sampler
 
 METRICS_NAME = "metrics.json"
@@ -136,9 +136,9 @@ def summary(metrics: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m python.evaluate", description=__doc__,
+    parser = argparse.ArgumentParser(prog=command("evaluate"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="run directory written by python -m python.train")
+    parser.add_argument("--run", required=True, help=f"run directory written by {command('train')}")
     parser.add_argument("--n-samples", dest="n_samples", type=int, default=DEFAULT_SAMPLES,
                         help=f"generated images per prior (default {DEFAULT_SAMPLES})")
     parser.add_argument("--inception-weights", dest="inception_weights", default=None,

@@ -1,4 +1,5 @@
-"""The entropic autoencoder (EAE): convolutional encoder, batch-norm latent, decoder.
+"""The model protocol (:class:`Autoencoder`) and the entropic autoencoder (:class:`EAE`):
+convolutional encoder, batch-norm latent, decoder.
 
     z = BatchNorm1d(latent, affine=False)(E(x))
     loss = mean_over_batch ||D(z) - x||^2 - beta * kl_entropy(z)
@@ -15,11 +16,14 @@ Architectures (``ARCHITECTURES``) follow the paper, which copies the RAE referen
   256 (4x4, stride 2, BN + ReLU), then a 4x4 stride-1 conv to the image channels and a sigmoid.
 - ``celeba`` (64x64): the same with 5x5 kernels, decoder ConvT 512-256-128.
 - ``digits`` (16x16, the embedded default): a small variant, 32-64-128 channels, so that
-  training finishes in minutes on a laptop CPU.
+  training takes about a minute on 2 CPU cores.
 
 The last decoder layer is a stride-1 "same" convolution: for stride 1 a transposed convolution
 is a convolution with a flipped kernel, and an explicit zero padding (1 before, 2 after for 4x4)
 handles the even kernel, which ``nn.ConvTranspose2d`` cannot pad to the same size.
+
+The models of the paper's comparison subclass :class:`Autoencoder` in python/baselines.py;
+python/registry.py maps the ``--model`` names to the classes.
 """
 
 from __future__ import annotations
@@ -121,15 +125,15 @@ class Decoder(nn.Module):
 
 
 @dataclass
-class EAEOutput:
-    """What :meth:`EAE.forward` returns (pythae style).
+class ModelOutput:
+    """What every model's ``forward`` returns (pythae style).
 
     Attributes:
-        loss: recon_loss - beta * entropy, the training objective (0-dim).
+        loss: the training objective (0-dim), see :class:`Autoencoder`.
         recon_loss: mean over the batch of the per-image sum of squared errors (0-dim).
         entropy: Kozachenko-Leonenko entropy of the batch codes, in nats (0-dim; detached when
-            beta is 0, since it then only serves as a diagnostic).
-        z: the batch-normalised codes (N, latent_dim).
+            it is not part of the loss, i.e. when ``beta`` is 0, since it is then a diagnostic).
+        z: the codes that were decoded (N, latent_dim).
         recon_x: the reconstructions, same shape as the input, in [0, 1].
     """
 
@@ -140,76 +144,139 @@ class EAEOutput:
     recon_x: torch.Tensor
 
 
-class EAE(nn.Module):
-    """Entropic autoencoder: ``Encoder`` -> ``BatchNorm1d(latent, affine=False)`` -> ``Decoder``.
+EAEOutput = ModelOutput  # the name of the first release
+
+
+class Autoencoder(nn.Module):
+    """The model protocol of the package, and the plain autoencoder (``--model ae``).
+
+    Every model (the EAE and the ten models of the comparison) is an ``Encoder`` and a
+    ``Decoder`` of one :class:`Architecture` plus this class's hooks. Training minimises
+
+        loss = data_term(SSE) + latent penalty + penalty(z, D(z)) - beta * H(z)
+
+    with SSE the batch mean of the per-image sum of squared errors and H the Kozachenko-Leonenko
+    entropy of the batch codes (``eae_kernels.kl_entropy``, always logged). Each hook below is a
+    documented no-op here, so a model overrides only what makes it different:
+
+    - :meth:`encode`: the deterministic codes, used for the GMM prior, reconstructions and
+      metrics (the EAE: batch-normalised).
+    - :meth:`latent` (latent transform): the code decoded in training and its penalty (the VAEs:
+      a reparameterised sample and the KL; RAE, WAE: a code penalty).
+    - :meth:`data_term`, :meth:`penalty` (loss terms): the reconstruction term from the SSE (the
+      2SVAE: a Gaussian likelihood with learned variance) and a penalty on the decoder (weight
+      decay, gradient penalty); :attr:`ENTROPY_TERM` says whether ``beta`` may be non-zero.
+    - :meth:`second_stage_pending`, :meth:`fit_second_stage` (second stage): a model trained in
+      two stages (the 2SVAE) fits its second stage after the last epoch of the first.
+    - :meth:`sample_codes` (code sampler): codes of the model's own prior, decoded for the
+      "isotropic" samples; N(0, I) here (the 2SVAE: through its second stage).
 
     Args:
         arch: the encoder/decoder shapes (one of ``ARCHITECTURES``).
         latent_dim: code size; ``None`` takes ``arch.latent_dim``.
-        beta: weight of the entropy term; 0 gives the plain batch-norm autoencoder.
         k: neighbour order of the entropy estimator.
+        beta: weight of the entropy term; only models with ``ENTROPY_TERM`` accept beta != 0.
 
     Attributes:
         distributed_entropy: estimate the entropy over the global batch of the default
-            torch.distributed group (``kl_entropy(z, distributed=True)``); set by python.train
+            torch.distributed group (``kl_entropy(z, distributed=True)``); set by the trainer
             under torchrun, False otherwise.
     """
 
-    def __init__(self, arch: Architecture, latent_dim: int | None = None, beta: float = 0.0, k: int = 1) -> None:
+    ENTROPY_TERM = False  # whether -beta * H(z) may be part of the loss (the EAE's)
+
+    def __init__(self, arch: Architecture, latent_dim: int | None = None, *, k: int = 1, beta: float = 0.0) -> None:
         super().__init__()
+        if beta != 0 and not self.ENTROPY_TERM:
+            raise ValueError(f"beta is the weight of the EAE's entropy term; {type(self).__name__} has none "
+                             "(its loss weights are those of its paper, see python/baselines.py)")
         self.arch = arch
         self.latent_dim = int(latent_dim or arch.latent_dim)
-        self.beta = float(beta)
         self.k = int(k)
+        self.beta = float(beta)
         self.encoder = Encoder(arch, self.latent_dim)
-        self.latent_norm = nn.BatchNorm1d(self.latent_dim, affine=False)
         self.decoder = Decoder(arch, self.latent_dim)
         self.distributed_entropy = False
 
+    @property
+    def pixels(self) -> int:
+        """P = height x width (the RAE code measures reconstruction as SSE / P)."""
+        return self.arch.image_shape[1] * self.arch.image_shape[2]
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Batch-normalised codes (N, latent_dim) of images x (N, C, H, W) in [0, 1]."""
-        return self.latent_norm(self.encoder(x))
+        """Deterministic codes (N, latent_dim) of images x (N, C, H, W) in [0, 1]."""
+        return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Images (N, C, H, W) in [0, 1] from codes z (N, latent_dim)."""
         return self.decoder(z)
 
-    def forward(self, x: torch.Tensor) -> EAEOutput:
+    def latent(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent transform: (the code decoded in training, its penalty in the loss).
+        Here ``encode(x)`` and no penalty."""
         z = self.encode(x)
+        return z, z.new_zeros(())
+
+    def data_term(self, recon_loss: torch.Tensor) -> torch.Tensor:
+        """Loss term: the reconstruction term from the batch mean SSE. Here the SSE itself."""
+        return recon_loss
+
+    def penalty(self, z: torch.Tensor, recon_x: torch.Tensor) -> torch.Tensor:
+        """Loss term: a penalty on the decoder, given the decoded codes and the
+        reconstructions. Here none (0)."""
+        return recon_x.new_zeros(())
+
+    def second_stage_pending(self, epoch: int) -> bool:
+        """Second stage: whether :meth:`fit_second_stage` must still run after first-stage
+        epoch ``epoch`` (the last one). Here never."""
+        return False
+
+    def fit_second_stage(self, images, device: torch.device, epochs: int, batch_size: int, lr: float,
+                         seed: int, epoch: int) -> list[float]:
+        """Second stage: train what follows the first stage on the training ``images``
+        (``epochs``, ``batch_size``, ``lr``, ``seed``: the run's; ``epoch``: the first stage's
+        last, to record). Returns the per-epoch mean losses. Here nothing to do: []."""
+        return []
+
+    @torch.no_grad()
+    def sample_codes(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Code sampler: (n, latent_dim) float32 codes on the CPU from the model's own prior,
+        decoded for the "isotropic" samples. Here z ~ N(0, I)."""
+        return torch.randn(n, self.latent_dim, generator=generator)
+
+    def entropy(self, z: torch.Tensor) -> torch.Tensor:
+        """H(z) of the batch codes; differentiable only when it is part of the loss."""
+        if self.beta != 0.0:
+            return kl_entropy(z, self.k, distributed=self.distributed_entropy)
+        with torch.no_grad():
+            return kl_entropy(z.detach(), self.k, distributed=self.distributed_entropy)
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        z, latent_penalty = self.latent(x)
         recon_x = self.decode(z)
         recon_loss = (recon_x - x).pow(2).flatten(1).sum(1).mean()
+        entropy = self.entropy(z)
+        loss = self.data_term(recon_loss) + latent_penalty + self.penalty(z, recon_x)
         if self.beta != 0.0:
-            entropy = kl_entropy(z, self.k, distributed=self.distributed_entropy)
-            loss = recon_loss - self.beta * entropy
-        else:
-            with torch.no_grad():
-                entropy = kl_entropy(z.detach(), self.k, distributed=self.distributed_entropy)
-            loss = recon_loss
-        return EAEOutput(loss=loss, recon_loss=recon_loss, entropy=entropy, z=z, recon_x=recon_x)
+            loss = loss - self.beta * entropy
+        return ModelOutput(loss=loss, recon_loss=recon_loss, entropy=entropy, z=z, recon_x=recon_x)
 
 
-def build_model(dataset: str, latent_dim: int | None = None, beta: float = 0.0, k: int = 1,
-                model: str = "eae") -> nn.Module:
-    """The EAE of the paper for ``dataset`` ("digits", "mnist", "cifar10" or "celeba"), or one of
-    the models it is compared with (python/baselines.py) on the same architecture.
+class EAE(Autoencoder):
+    """``eae``: entropic autoencoder, ``Encoder`` -> ``BatchNorm1d(latent, affine=False)`` ->
+    ``Decoder``; loss = SSE - beta * H(z) on the batch-normalised codes z.
 
     Args:
-        dataset: selects the architecture in ``ARCHITECTURES``.
-        latent_dim: code size; ``None`` takes the paper's (16 / 128 / 64; 8 for digits).
-        beta: weight of the entropy term (the EAE's only; the other models have none).
-        k: neighbour order of the entropy estimator.
-        model: "eae" or a key of ``baselines.BASELINES`` ("ae", "vae", "rae", "wae-mmd", ...).
-
-    Returns:
-        An :class:`EAE` (or comparison model) in training mode, on the CPU.
+        arch, latent_dim, k: as in :class:`Autoencoder`.
+        beta: weight of the entropy term; 0 gives the plain batch-norm autoencoder.
     """
-    from .baselines import BASELINES, MODELS, check_beta
 
-    if dataset not in ARCHITECTURES:
-        raise ValueError(f"dataset must be one of {', '.join(ARCHITECTURES)}; got {dataset!r}")
-    if model == "eae":
-        return EAE(ARCHITECTURES[dataset], latent_dim, beta, k)
-    if model not in BASELINES:
-        raise ValueError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
-    check_beta(model, beta)
-    return BASELINES[model](ARCHITECTURES[dataset], latent_dim, k)
+    ENTROPY_TERM = True
+
+    def __init__(self, arch: Architecture, latent_dim: int | None = None, *, k: int = 1, beta: float = 0.0) -> None:
+        super().__init__(arch, latent_dim, k=k, beta=beta)
+        self.latent_norm = nn.BatchNorm1d(self.latent_dim, affine=False)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Batch-normalised codes (N, latent_dim) of images x (N, C, H, W) in [0, 1]."""
+        return self.latent_norm(self.encoder(x))

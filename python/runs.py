@@ -11,18 +11,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 
-from torch import nn
-
-from .baselines import MODELS, check_beta
 from .checkpoint import load_checkpoint
 from .data import DATASETS, DataSplit, load_dataset
-from .models import ARCHITECTURES, build_model
+from .models import ARCHITECTURES, Autoencoder
+from .registry import MODELS, build_model, check_beta
 
 CONFIG_NAME = "config.json"
 DEFAULT_RUNS_DIR = "runs"
@@ -86,7 +85,8 @@ class TrainConfig:
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
         values = dict(DATASET_DEFAULTS[dataset], latent_dim=ARCHITECTURES[dataset].latent_dim)
-        if overrides.get("model") not in (None, "eae"):
+        model = overrides.get("model") or cls.model
+        if model in MODELS and not MODELS[model].ENTROPY_TERM:
             values["beta"] = 0.0
         values.setdefault("threads", None)
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -155,6 +155,15 @@ def _check_device_name(device) -> None:
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
 
 
+def command(tool: str) -> str:
+    """How to run ``tool`` ("train", "sample", "evaluate" or "compare") the way this process was
+    started: ``eae-<tool>`` from an installed console command, else ``python -m <package>.<tool>``
+    (the package is ``python`` in a checkout, ``eae_models`` when installed)."""
+    if os.path.basename(sys.argv[0]).startswith("eae-"):
+        return f"eae-{tool}"
+    return f"python -m {__package__}.{tool}"
+
+
 def resolve_device(device: str) -> torch.device:
     """"auto" -> CUDA when available, else CPU; "cuda"/"cuda:N" only when CUDA is available."""
     _check_device_name(device)
@@ -190,7 +199,7 @@ def read_config(run_dir: str | os.PathLike) -> TrainConfig:
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{Path(run_dir)} is not a run directory: {path} is missing "
-                                "(run directories are written by python -m python.train)")
+                                f"(run directories are written by {command('train')})")
     return TrainConfig.from_json(path.read_text())
 
 
@@ -200,7 +209,7 @@ class Run:
 
     run_dir: Path
     config: TrainConfig
-    model: nn.Module  # an EAE or a comparison model (python/baselines.py)
+    model: Autoencoder  # the EAE or a model of the comparison (python/registry.py)
     device: torch.device
     epoch: int
     step: int
@@ -210,7 +219,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto") -> Run:
     """Rebuild the model of ``run_dir`` from its config.json and checkpoint.pt.
 
     Args:
-        run_dir: a directory written by ``python -m python.train``.
+        run_dir: a directory written by the trainer (``eae-train``, ``python -m python.train``).
         device: "auto", "cpu", "cuda" or "cuda:N".
 
     Returns:

@@ -22,7 +22,7 @@ import torch
 
 from .data import DataError
 from .images import display_scale, save_grid
-from .runs import Run, open_run
+from .runs import Run, command, open_run
 from .samplers import decode, encode, make_sampler
 
 PRIORS = ("isotropic", "gmm")
@@ -98,9 +98,9 @@ def write_grids(run: Run, data, kind: str = "all", prior: str | None = None, n: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m python.sample", description=__doc__,
+    parser = argparse.ArgumentParser(prog=command("sample"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", required=True, help="run directory written by python -m python.train")
+    parser.add_argument("--run", required=True, help=f"run directory written by {command('train')}")
     parser.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
     parser.add_argument("--prior", choices=PRIORS, default=None, help="latent prior (default: both)")
     parser.add_argument("--kind", choices=KINDS, default="samples", help="which grid (default: samples)")

@@ -1,7 +1,8 @@
-"""Latent samplers (pythae style): N(0, I), and a Gaussian mixture fitted to the training codes.
+"""Latent samplers (pythae style): the model's own prior (N(0, I) for all but the 2SVAE), and a
+Gaussian mixture fitted to the training codes.
 
 Both work on codes of a model in eval mode: :func:`encode` switches the model to eval first,
-so that the batch-norm latent uses its running statistics rather than those of the batch.
+so that batch norm (the EAE's latent) uses its running statistics rather than those of the batch.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def encode(model, images, device: torch.device, batch_size: int = 500, limit: in
     """Codes (n, latent_dim) of ``images`` on the CPU, the model in eval mode.
 
     Args:
-        model: an :class:`~python.models.EAE`.
+        model: any model of the package (a :class:`~python.models.Autoencoder`).
         images: a data set split (``TensorImages`` or ``ImageFiles``).
         device: where the model runs.
         batch_size: images per forward pass.
@@ -42,7 +43,7 @@ def encode(model, images, device: torch.device, batch_size: int = 500, limit: in
 
 
 class NormalSampler:
-    """z ~ N(0, I): the prior the entropy term pushes the batch-norm codes towards."""
+    """z ~ N(0, I): the prior the EAE's entropy term pushes its batch-norm codes towards."""
 
     def __init__(self, latent_dim: int) -> None:
         self.latent_dim = latent_dim
@@ -115,8 +116,8 @@ def decode(model, z: torch.Tensor, device: torch.device, batch_size: int = 500) 
 
 
 class ModelPriorSampler:
-    """The codes a model generates from its own N(0, I) prior (the 2SVAE: through its second
-    stage), for models that define ``sample_codes(n, generator)``."""
+    """The codes a model generates from its own prior, its ``sample_codes`` hook: z ~ N(0, I),
+    except for the 2SVAE, which maps u ~ N(0, I) through its second stage."""
 
     def __init__(self, model) -> None:
         self.model = model
@@ -127,12 +128,10 @@ class ModelPriorSampler:
 
 
 def make_sampler(prior: str, run, train_images, seed: int = 0):
-    """"isotropic" -> :class:`NormalSampler` (:class:`ModelPriorSampler` for a model that maps
-    N(0, I) to its codes itself); "gmm" -> the run's :func:`fitted_gmm`."""
+    """"isotropic" -> the model's own prior (:class:`ModelPriorSampler`); "gmm" -> the run's
+    :func:`fitted_gmm`."""
     if prior == "isotropic":
-        if hasattr(run.model, "sample_codes"):
-            return ModelPriorSampler(run.model)
-        return NormalSampler(run.model.latent_dim)
+        return ModelPriorSampler(run.model)
     if prior == "gmm":
         return fitted_gmm(run, train_images, seed)
     raise ValueError(f"prior must be 'isotropic' or 'gmm'; got {prior!r}")

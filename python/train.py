@@ -1,6 +1,6 @@
 """Train an entropic autoencoder: ``python -m python.train``.
 
-    python -m python.train                       # digits bundled with scikit-learn, ~1-2 min on 2 CPU cores
+    python -m python.train                       # digits bundled with scikit-learn, about a minute on 2 CPU cores
     python -m python.train --dataset mnist --data-dir ~/data/mnist --beta 0.05 --epochs 100
     python -m python.train --dataset celeba --data-dir ~/data/celeba/img_align_celeba --device cuda
     python -m python.train --resume runs/<name> [--epochs N]   # continue exactly where it stopped
@@ -15,8 +15,10 @@ RAE variants, VAE, CV-VAE, WAE-MMD, 2SVAE: python/baselines.py, and python -m py
 Adam, ReduceLROnPlateau(factor 0.5, patience 5) on the epoch's training loss.
 
 Each run directory (runs/<name>) gets config.json, checkpoint.pt (rewritten atomically after
-every epoch and on Ctrl-C), log.csv (and TensorBoard events when tensorboard is installed), and
-when training ends the PNG grids of python.sample and metrics.json of python.evaluate.
+every epoch and on Ctrl-C; the one before it kept as checkpoint.prev.pt, which --resume falls
+back to when checkpoint.pt is damaged), log.csv (and TensorBoard events when tensorboard is
+installed), and when training ends the PNG grids of python.sample and metrics.json of
+python.evaluate. A progress bar shows on a terminal only; one summary line per epoch always.
 """
 
 from __future__ import annotations
@@ -36,12 +38,20 @@ import torch
 from torch import nn
 
 from . import parallel
-from .baselines import MODELS
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import CHECKPOINT_NAME, read_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .data import DATASETS, iterate_batches, load_dataset
-from .models import build_model
 from .parallel import Parallel
-from .runs import CONFIG_NAME, TrainConfig, default_run_dir, load_run, read_config, resolve_device, write_config
+from .registry import MODELS, build_model
+from .runs import (
+    CONFIG_NAME,
+    TrainConfig,
+    command,
+    default_run_dir,
+    load_run,
+    read_config,
+    resolve_device,
+    write_config,
+)
 
 LOG_NAME = "log.csv"
 LOG_FIELDS = ("epoch", "steps", "loss", "recon", "entropy", "heldout_recon", "lr", "seconds")
@@ -156,8 +166,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True, fini
     Args:
         config: a validated :class:`~python.runs.TrainConfig`; ``config.run_dir`` must be set.
         resume: continue from ``run_dir/checkpoint.pt`` (model, optimiser, scheduler, epoch, step
-            within the epoch, RNG states); otherwise ``run_dir`` must not hold a run yet.
-        progress: show a tqdm progress bar (rank 0 only).
+            within the epoch, RNG states), or from ``checkpoint.prev.pt`` when that one is
+            damaged; otherwise ``run_dir`` must not hold a run yet.
+        progress: show a tqdm progress bar (rank 0 only, and only when stderr is a terminal;
+            the per-epoch summary lines are printed either way).
         finish: when all epochs are done, write the PNG grids and (if ``config.evaluate``)
             metrics.json (rank 0 only).
 
@@ -200,9 +212,13 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
     optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=5)
     epoch, step, sums = 0, 0, [0.0, 0.0, 0.0]  # sums of loss, recon, entropy over this epoch's steps
+    latest_is_good = True  # checkpoint.pt may become checkpoint.prev.pt at the next save
 
     if resume:
-        checkpoint = parallel.on_main(lambda: load_checkpoint(run_dir), par)  # machines need not share files
+        # rank 0 reads (machines need not share files); an unreadable checkpoint.pt falls back to
+        # checkpoint.prev.pt, which the next save must then keep
+        checkpoint, source = parallel.on_main(lambda: read_checkpoint(run_dir), par)
+        latest_is_good = source.name == CHECKPOINT_NAME
         trained_by = int(checkpoint.get("world_size", 1))
         if trained_by != par.world_size:
             raise ValueError(f"{run_dir} was trained by {trained_by} process(es) and this is {par.world_size}: "
@@ -224,12 +240,14 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
     parallel.on_main(lambda: write_config(config, run_dir), par)
 
     def checkpoint_now() -> None:
+        nonlocal latest_is_good
         every_rng = parallel.gather_objects(rng_state(), par)  # a collective: every rank takes part
         if par.is_main:
             extra = {"rank_rng": every_rng} if par.active else {}
-            save_checkpoint(run_dir, model=module.state_dict(), optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(), epoch=epoch, step=step, sums=sums,
-                            world_size=par.world_size, **extra)
+            save_checkpoint(run_dir, keep_previous=latest_is_good, model=module.state_dict(),
+                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch,
+                            step=step, sums=sums, world_size=par.world_size, **extra)
+        latest_is_good = True
 
     log = RunLog(run_dir, keep_epochs=epoch) if par.is_main else None
     say = print if par.is_main else _silent
@@ -246,8 +264,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
                 batches = [parallel.rank_share(order[i * global_batch:(i + 1) * global_batch], par)
                            for i in range(step, steps_per_epoch)]
                 model.train()
+                # disable=None: a bar only when stderr is a terminal, never in a log file or CI
                 bar = tqdm(total=steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{config.epochs}",
-                           disable=not (progress and par.is_main), leave=False, dynamic_ncols=True)
+                           disable=None if progress and par.is_main else True, leave=False, dynamic_ncols=True)
                 for x in iterate_batches(data.train, batches):
                     out = model(x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last))
                     optimizer.zero_grad(set_to_none=True)
@@ -282,7 +301,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
             if stop.requested:
                 if step > 0:  # mid-epoch (at an epoch's end the checkpoint is already written)
                     checkpoint_now()
-                launcher = "torchrun ... -m python.train" if par.active else "python -m python.train"
+                launcher = f"torchrun ... -m {__package__}.train" if par.active else command("train")
                 say(f"stopped at epoch {epoch} step {step}; checkpoint saved. Continue with:\n"
                     f"    {launcher} --resume {run_dir}")
                 return run_dir
@@ -290,8 +309,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
         if log is not None:
             log.close()
 
-    if getattr(module, "needs_second_stage", None) is not None and module.needs_second_stage(epoch):
-        # the 2SVAE's VAE on the codes; repeatable (own generator), so a Ctrl-C here restarts it on --resume
+    if module.second_stage_pending(epoch):
+        # a second training stage (the 2SVAE's VAE on the codes); repeatable (own generator), so a
+        # Ctrl-C here restarts it on --resume
         losses = module.fit_second_stage(data.train, device, config.epochs, config.batch_size, config.lr,
                                          config.seed, epoch)
         checkpoint_now()
@@ -343,7 +363,7 @@ RESUME_OVERRIDABLE = ("epochs", "device", "evaluate", "threads")
 
 def build_parser() -> argparse.ArgumentParser:
     """Every option defaults to None, so that the options given explicitly can be told apart."""
-    p = argparse.ArgumentParser(prog="python -m python.train", description=__doc__,
+    p = argparse.ArgumentParser(prog=command("train"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=DATASETS, help="data set (default digits, bundled with scikit-learn)")
     p.add_argument("--data-dir", dest="data_dir", help="folder with the data set's files (mnist, cifar10, celeba)")
@@ -374,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads (default: 1 for digits, else torch's default)")
     p.add_argument("--eval", dest="evaluate", action=argparse.BooleanOptionalAction, default=None,
                    help="write metrics.json when training ends (default on)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (there is none anyway when stderr is not a terminal)")
     return p
 
 
@@ -417,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{where}error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # outside the training loop (loading data, writing grids or metrics)
-        print("\ninterrupted; the last checkpoint is intact (grids: python -m python.sample, "
-              "metrics: python -m python.evaluate)", file=sys.stderr)
+        print(f"\ninterrupted; the last checkpoint is intact (grids: {command('sample')}, "
+              f"metrics: {command('evaluate')})", file=sys.stderr)
         return 130
     return 0
 

@@ -1,15 +1,25 @@
-"""Shared test settings: which (device, backend) pairs the suite runs, and input builders.
+"""Shared test settings: which (device, backend) pairs the suite runs, input builders, and the
+model package's test helpers (tiny data sets and configs).
 
 The CPU backend is required: without the compiled extension the suite fails (set
 EAE_KERNELS_ALLOW_NO_EXTENSION=1 to test a fallback-only install). GPU backends run when a CUDA
 device is present and are skipped otherwise.
+
+Tiers (markers registered in pyproject.toml): ``python -m pytest -m "not slow" tests`` is the
+quick run; ``python -m pytest tests`` (CI) runs everything.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import math
 import os
+import pickle
+import struct
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +77,97 @@ def _reset_cpu_isa():
     yield
     if ext is not None:
         ext.set_cpu_isa(before)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model package (python/): tiny data sets, tiny configs, checkpoint comparison. Plain
+# functions, imported by the test_python_* modules (``from conftest import ...``); they import the
+# model package lazily, so that the kernel tests never load it.
+# ---------------------------------------------------------------------------------------------
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An unsigned-byte IDX file holding ``array``."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_mnist(directory: Path, n: int = 12, split: str = "t10k", gz: bool = True, labels: bool = True,
+                seed: int = 0) -> np.ndarray:
+    """Random 28x28 'digits' in IDX form; returns the images."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    files = {f"{split}-images-idx3-ubyte": images}
+    if labels:
+        files[f"{split}-labels-idx1-ubyte"] = rng.integers(0, 10, size=n, dtype=np.uint8)
+    for name, array in files.items():
+        if gz:
+            (directory / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(array)))
+        else:
+            (directory / name).write_bytes(idx_bytes(array))
+    return images
+
+
+def write_cifar(directory: Path, n: int = 12, name: str = "data_batch_1", seed: int = 0) -> np.ndarray:
+    """A CIFAR-10 python pickle batch of n random images; returns the (n, 3072) data."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    entry = {b"data": data, b"labels": rng.integers(0, 10, size=n).tolist(), b"batch_label": b"tiny"}
+    with open(directory / name, "wb") as f:
+        pickle.dump(entry, f)
+    return data
+
+
+def write_image_folder(directory: Path, n: int = 4, size=(178, 218), seed: int = 0) -> None:
+    """n random RGB JPEG/PNG images of the aligned-CelebA size (width 178, height 218)."""
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(directory / f"{i + 1:06d}.{'jpg' if i % 2 else 'png'}")
+
+
+def narrow(dataset: str, monkeypatch) -> None:
+    """Replace the paper architecture of ``dataset`` by one with 1/16 of the channels."""
+    from python.models import ARCHITECTURES
+
+    arch = ARCHITECTURES[dataset]
+    monkeypatch.setitem(ARCHITECTURES, dataset, dataclasses.replace(
+        arch, encoder_channels=tuple(c // 16 for c in arch.encoder_channels),
+        decoder_channels=tuple(c // 16 for c in arch.decoder_channels),
+        decoder_base_channels=arch.decoder_base_channels // 16))
+
+
+def tiny_config(tmp_path: Path, dataset: str, data_dir=None, **overrides):
+    """A TrainConfig of ``dataset`` for a run in ``tmp_path/run``: batch 5, 1 epoch, latent 4,
+    no evaluation, one thread; ``overrides`` replace any of these."""
+    from python.runs import TrainConfig
+
+    values = dict(batch_size=5, epochs=1, latent_dim=4, evaluate=False, threads=1)
+    values.update(overrides)
+    config = TrainConfig.for_dataset(dataset, data_dir=None if data_dir is None else str(data_dir), **values)
+    config.run_dir = str(tmp_path / "run")
+    return config
+
+
+def state_of(run_dir: Path) -> dict:
+    """The latest checkpoint of a run, read directly (no fallback)."""
+    from python.checkpoint import CHECKPOINT_NAME
+
+    return torch.load(Path(run_dir) / CHECKPOINT_NAME, weights_only=True)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two checkpoints hold the same counters, weights, optimiser and scheduler states."""
+    assert a["epoch"] == b["epoch"] and a["step"] == b["step"]
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        for key in pa:
+            assert torch.equal(pa[key], pb[key]), key
+    assert a["scheduler"] == b["scheduler"]

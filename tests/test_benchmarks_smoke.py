@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives at the repo root
-
-from benchmarks import run  # noqa: E402
+from benchmarks import run  # at the repository root: pyproject.toml's pytest pythonpath
 
 
+@pytest.mark.slow
 def test_tiny_sweep_writes_checked_results(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     monkeypatch.setitem(sys.modules, "pykeops", None)  # as if pykeops were not installed

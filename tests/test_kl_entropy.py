@@ -89,7 +89,7 @@ def assert_matches_reference(z64, k, p, dtype, device, backend):
     assert g_err <= tol["g_tol"] * g_ref.abs().max().item() + 1e-300, (g_err, g_ref.abs().max().item())
 
 
-@pytest.mark.parametrize("n", [2, 3, 17, 100, 1000])
+@pytest.mark.parametrize("n", [2, 3, 17, 100, pytest.param(1000, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("d", [1, 3, 16, 64, 200])
 @pytest.mark.parametrize("k", [1, 2, 5])
 @pytest.mark.parametrize("p", P_VALUES, ids=["p1", "p2", "pinf"])

@@ -16,23 +16,17 @@ import torch
 from torch import nn
 
 from python import baselines
-from python.baselines import (
-    BASELINES,
-    MODELS,
-    decoder_weight_decay,
-    gaussian_kl,
-    gradient_penalty,
-    mmd_imq,
-)
+from python.baselines import decoder_weight_decay, gaussian_kl, gradient_penalty, mmd_imq
 from python.compare import compare
 from python.compare import main as compare_main
-from python.models import EAE, build_model
+from python.models import EAE, Autoencoder
+from python.registry import MODELS, build_model
 from python.runs import TrainConfig, load_run
 from python.sample import sample_images
 from python.train import build_parser, config_from_args, train
 from python.train import main as train_main
 
-from test_python_train import narrow, state_of, tiny_config
+from conftest import narrow, state_of, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -180,7 +174,7 @@ def test_two_stage_vae_likelihood_and_second_stage():
     nll = out.recon_loss / 2 + 256 * 0.5 * math.log(2 * math.pi)
     torch.testing.assert_close(out.loss, nll + gaussian_kl(mu, log_sigma))
     assert not any(p.requires_grad for p in model.second_stage.parameters())  # trained in stage 2 only
-    assert model.needs_second_stage(1)
+    assert model.second_stage_pending(1)
     codes = model.sample_codes(5, torch.Generator().manual_seed(0))
     assert codes.shape == (5, 4) and codes.dtype == torch.float32
 
@@ -197,7 +191,7 @@ def digits_train():
     return load_dataset("digits").train
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [n if n == "eae" else pytest.param(n, marks=pytest.mark.slow) for n in MODELS])
 def test_every_model_trains_two_steps_and_samples(tmp_path, monkeypatch, digits_train, name):
     narrow("digits", monkeypatch)
     config = tiny_config(tmp_path, "digits", model=name, batch_size=800, latent_dim=4)  # 1617 images: 2 steps
@@ -222,7 +216,7 @@ def test_every_model_trains_two_steps_and_samples(tmp_path, monkeypatch, digits_
 
 def test_model_option_and_beta():
     assert isinstance(build_model("digits"), EAE)
-    assert set(MODELS) == {"eae", *BASELINES} and len(MODELS) == 11
+    assert len(MODELS) == 11 and all(issubclass(cls, Autoencoder) for cls in MODELS.values())
     config, _ = config_from_args(build_parser().parse_args(["--model", "vae"]))
     assert (config.model, config.beta) == ("vae", 0.0) and "digits-vae-seed0" in config.run_dir
     with pytest.raises(ValueError, match="beta is the weight of the EAE's entropy term; model 'vae' has none"):
@@ -241,6 +235,7 @@ def test_model_option_and_beta():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compare_writes_the_table_and_samples_and_reuses_runs(tmp_path, monkeypatch, capsys):
     narrow("digits", monkeypatch)
     options = dict(epochs=1, batch_size=800, latent_dim=4, threads=1)

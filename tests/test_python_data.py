@@ -1,15 +1,12 @@
 """Data loaders of the model package (python/data.py): formats, splits and error messages.
 
-The writers of tiny data sets (IDX files, a CIFAR-10 pickle batch, a folder of images) live
-here and are reused by tests/test_python_train.py.
+The writers of tiny data sets (IDX files, a CIFAR-10 pickle batch, a folder of images) are in
+tests/conftest.py.
 """
 
 from __future__ import annotations
 
-import gzip
 import pickle
-import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,55 +21,7 @@ from python.data import (
     read_idx,
 )
 
-# ---------------------------------------------------------------------------------------------
-# Tiny data set writers
-# ---------------------------------------------------------------------------------------------
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """An unsigned-byte IDX file holding ``array``."""
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def write_mnist(directory: Path, n: int = 12, split: str = "t10k", gz: bool = True, labels: bool = True,
-                seed: int = 0) -> np.ndarray:
-    """Random 28x28 'digits' in IDX form; returns the images."""
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-    files = {f"{split}-images-idx3-ubyte": images}
-    if labels:
-        files[f"{split}-labels-idx1-ubyte"] = rng.integers(0, 10, size=n, dtype=np.uint8)
-    for name, array in files.items():
-        if gz:
-            (directory / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(array)))
-        else:
-            (directory / name).write_bytes(idx_bytes(array))
-    return images
-
-
-def write_cifar(directory: Path, n: int = 12, name: str = "data_batch_1", seed: int = 0) -> np.ndarray:
-    """A CIFAR-10 python pickle batch of n random images; returns the (n, 3072) data."""
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-    entry = {b"data": data, b"labels": rng.integers(0, 10, size=n).tolist(), b"batch_label": b"tiny"}
-    with open(directory / name, "wb") as f:
-        pickle.dump(entry, f)
-    return data
-
-
-def write_image_folder(directory: Path, n: int = 4, size=(178, 218), seed: int = 0) -> None:
-    """n random RGB JPEG/PNG images of the aligned-CelebA size (width 178, height 218)."""
-    from PIL import Image
-
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(directory / f"{i + 1:06d}.{'jpg' if i % 2 else 'png'}")
-
+from conftest import idx_bytes, write_cifar, write_image_folder, write_mnist
 
 # ---------------------------------------------------------------------------------------------
 # Formats

@@ -27,10 +27,11 @@ import torch.multiprocessing as mp
 
 from python.parallel import Parallel, rank_share, training_device
 
-from test_python_train import assert_same_state, narrow, state_of, tiny_config
+from conftest import assert_same_state, narrow, state_of, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
+
 
 
 def test_rank_share_is_the_distributed_sampler_split():
@@ -69,6 +70,8 @@ def test_training_device_gives_each_process_its_gpu():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_torchrun_two_step_smoke_run(tmp_path):
     run_dir = tmp_path / "run"
     # digits: 1617 training images, 2 processes x 400 = 800 per step: 2 steps
@@ -151,6 +154,8 @@ def spawned(tmp_path_factory):
     return tmp, [torch.load(tmp / f"codes{r}.pt") for r in range(WORLD)]
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_interrupt_on_one_rank_stops_every_rank_at_the_same_step(spawned):
     tmp, codes = spawned
     assert all(c["interrupted"] == 0 for c in codes)
@@ -159,6 +164,8 @@ def test_interrupt_on_one_rank_stops_every_rank_at_the_same_step(spawned):
     assert len(saved["rank_rng"]) == WORLD
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_resume_under_ddp_gives_the_weights_of_an_uninterrupted_run(spawned):
     tmp, codes = spawned
     assert all(c["straight"] == 0 and c["resumed"] == 0 for c in codes)
@@ -167,6 +174,8 @@ def test_resume_under_ddp_gives_the_weights_of_an_uninterrupted_run(spawned):
     assert len(log) == 3  # header + 2 epochs: one writer
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_resume_with_another_number_of_processes_is_refused_on_every_rank(spawned):
     _, codes = spawned
     assert [c["other_world_size"] for c in codes] == [2, 2]

@@ -20,7 +20,8 @@ from python.metrics import (
     kl_to_standard_normal,
     latent_gaussianity,
 )
-from python.models import ARCHITECTURES, build_model
+from python.models import ARCHITECTURES
+from python.registry import build_model
 from python.runs import TrainConfig, resolve_device
 from python.samplers import GMMSampler, NormalSampler
 

@@ -8,9 +8,9 @@ networks are checked in tests/test_python_models.py.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -22,13 +22,12 @@ from python import checkpoint
 from python.evaluate import evaluate_run
 from python.evaluate import main as evaluate_main
 from python.data import load_dataset
-from python.models import ARCHITECTURES
 from python.runs import TrainConfig, load_run
 from python.sample import main as sample_main
 from python.sample import write_grids
 from python.train import config_from_args, build_parser, main as train_main, train
 
-from test_python_data import write_cifar, write_image_folder, write_mnist
+from conftest import assert_same_state, narrow, state_of, tiny_config, write_cifar, write_image_folder, write_mnist
 
 
 @pytest.fixture(autouse=True)
@@ -37,38 +36,6 @@ def _restore_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
-
-
-def narrow(dataset: str, monkeypatch) -> None:
-    """Replace the paper architecture of ``dataset`` by one with 1/16 of the channels."""
-    arch = ARCHITECTURES[dataset]
-    monkeypatch.setitem(ARCHITECTURES, dataset, dataclasses.replace(
-        arch, encoder_channels=tuple(c // 16 for c in arch.encoder_channels),
-        decoder_channels=tuple(c // 16 for c in arch.decoder_channels),
-        decoder_base_channels=arch.decoder_base_channels // 16))
-
-
-def tiny_config(tmp_path: Path, dataset: str, data_dir=None, **overrides) -> TrainConfig:
-    values = dict(batch_size=5, epochs=1, latent_dim=4, evaluate=False, threads=1)
-    values.update(overrides)
-    config = TrainConfig.for_dataset(dataset, data_dir=None if data_dir is None else str(data_dir), **values)
-    config.run_dir = str(tmp_path / "run")
-    return config
-
-
-def state_of(run_dir: Path) -> dict:
-    return torch.load(Path(run_dir) / checkpoint.CHECKPOINT_NAME, weights_only=True)
-
-
-def assert_same_state(a: dict, b: dict) -> None:
-    assert a["epoch"] == b["epoch"] and a["step"] == b["step"]
-    assert a["model"].keys() == b["model"].keys()
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        for key in pa:
-            assert torch.equal(pa[key], pb[key]), key
-    assert a["scheduler"] == b["scheduler"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,6 +76,7 @@ def digits_run(tmp_path_factory) -> Path:
     return train(config, progress=False, finish=False)
 
 
+@pytest.mark.slow
 def test_digits_run_writes_grids_and_metrics(digits_run):
     """The full path of the default data set: train, grids, metrics."""
     run, data = load_run(digits_run, "cpu"), load_dataset("digits")
@@ -202,6 +170,75 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == [checkpoint.CHECKPOINT_NAME]  # no temp file left
 
 
+def test_each_save_keeps_the_previous_checkpoint(tmp_path):
+    checkpoint.save_checkpoint(tmp_path, model={"w": torch.ones(1)}, epoch=1)
+    assert not (tmp_path / checkpoint.PREVIOUS_NAME).exists()
+    checkpoint.save_checkpoint(tmp_path, model={"w": torch.ones(1)}, epoch=2)
+    checkpoint.save_checkpoint(tmp_path, model={"w": torch.ones(1)}, epoch=3)
+    assert checkpoint.load_checkpoint(tmp_path)["epoch"] == 3
+    assert torch.load(tmp_path / checkpoint.PREVIOUS_NAME, weights_only=True)["epoch"] == 2
+    checkpoint.save_checkpoint(tmp_path, keep_previous=False, model={"w": torch.ones(1)}, epoch=4)
+    assert torch.load(tmp_path / checkpoint.PREVIOUS_NAME, weights_only=True)["epoch"] == 2  # kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([checkpoint.CHECKPOINT_NAME, checkpoint.PREVIOUS_NAME])
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "garbage": os.urandom(len(data)), "empty": b""}[how])
+
+
+DAMAGE = ("truncated", "garbage", "empty")
+
+
+def test_resume_from_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, deterministic, monkeypatch,
+                                                                          capsys):
+    narrow("digits", monkeypatch)
+    straight = train(digits_config(tmp_path, "straight", 2), progress=False, finish=False)
+    assert torch.load(straight / checkpoint.PREVIOUS_NAME, weights_only=True)["epoch"] == 1
+    for how in DAMAGE:
+        run_dir = tmp_path / how
+        shutil.copytree(straight, run_dir)
+        _damage(run_dir / checkpoint.CHECKPOINT_NAME, how)
+        capsys.readouterr()
+        config, resume = config_from_args(build_parser().parse_args(["--resume", str(run_dir)]))
+        train(config, resume=resume, progress=False, finish=False)
+        err = capsys.readouterr().err
+        notes = [line for line in err.splitlines() if "checkpoint" in line]
+        assert len(notes) == 1, err  # one line, naming the damaged file and the one used
+        assert notes[0].startswith(f"warning: {run_dir / checkpoint.CHECKPOINT_NAME} is "
+                                   + {"truncated": "unreadable", "garbage": "unreadable", "empty": "empty"}[how])
+        assert f"using the previous checkpoint {run_dir / checkpoint.PREVIOUS_NAME} (epoch 1, step 0)" in notes[0]
+        # epoch 2 was trained again from epoch 1, exactly; the previous checkpoint (epoch 1) was not
+        # replaced by the damaged file
+        assert_same_state(state_of(straight), state_of(run_dir))
+        assert torch.load(run_dir / checkpoint.PREVIOUS_NAME, weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_resume_when_no_checkpoint_can_be_read_names_both_files(tmp_path, how, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(tiny_config(tmp_path, "digits").to_json())
+    for epoch in (1, 2):
+        checkpoint.save_checkpoint(run_dir, model={"w": torch.ones(1)}, epoch=epoch)
+    for name in (checkpoint.CHECKPOINT_NAME, checkpoint.PREVIOUS_NAME):
+        _damage(run_dir / name, how)
+    assert train_main(["--resume", str(run_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: cannot read a checkpoint: {run_dir / checkpoint.CHECKPOINT_NAME} is ")
+    assert f", and {run_dir / checkpoint.PREVIOUS_NAME} is " in err
+
+
+def test_missing_checkpoint_and_no_previous_one(tmp_path):
+    checkpoint.save_checkpoint(tmp_path, model={"w": torch.ones(1)}, epoch=1)
+    _damage(tmp_path / checkpoint.CHECKPOINT_NAME, "truncated")
+    with pytest.raises(checkpoint.CheckpointError, match=f"{checkpoint.PREVIOUS_NAME} is missing"):
+        checkpoint.load_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        checkpoint.load_checkpoint(tmp_path / "nothing")
+
+
 def test_rng_state_round_trip(tmp_path):
     import random
 
@@ -248,6 +285,17 @@ def test_sample_and_evaluate_cli(digits_run, tmp_path, capsys):
     assert evaluate_main(["--run", str(digits_run), "--n-samples", "8"]) == 0
     metrics = json.loads((digits_run / "metrics.json").read_text())
     assert metrics["classifier_frechet_distance"]["n_samples"] == 8 and "skipped" in metrics["fid"]
+
+
+def test_progress_bar_only_on_a_terminal_and_epoch_lines_always(tmp_path, monkeypatch, capsys):
+    """stderr captured (not a terminal, like a log file or CI): no bar even with progress=True,
+    and one summary line per epoch on stdout."""
+    narrow("mnist", monkeypatch)
+    write_mnist(tmp_path / "data", n=11)
+    train(tiny_config(tmp_path, "mnist", tmp_path / "data", epochs=2), progress=True, finish=False)
+    out, err = capsys.readouterr()
+    assert "it/s" not in err and "\r" not in err and "epoch 1/2:" not in err
+    assert [line.split("  ")[0] for line in out.splitlines() if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
 
 
 def test_tensorboard_scalars_when_installed(tmp_path, monkeypatch):

@@ -39,6 +39,7 @@ def test_opcheck_knn(device_backend, p):
     torch.library.opcheck(torch.ops.eae_kernels.knn.default, (z, 4, p))
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph_matches_eager(device_backend):
     device, backend = device_backend
     torch._dynamo.reset()

@@ -21,7 +21,7 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,9 +36,11 @@ from eae_kernels import reference, triton_backend  # noqa: E402
 from conftest import integer_rows, random_rows  # noqa: E402
 
 # numpy's warnings from inside the interpreter (log(0), inf - inf in the NaN/eps=0 tests).
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
+pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
+              pytest.mark.slow, pytest.mark.interpreter]
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
 EPS = eae_kernels.DEFAULT_EPS
 P_VALUES = (1.0, 2.0, math.inf)
 
@@ -397,60 +399,14 @@ def test_large_n_times_fewer_candidates():
 # Compiles kernel variants for real GPUs in a fresh process (the interpreter is off there), with
 # Triton's bundled ptxas and no GPU: catches what the interpreter cannot (lowering, typing,
 # Triton's compile-time checks). Each line: kernel, signature dtypes, constexprs, num_warps.
-_AOT_SCRIPT = textwrap.dedent(
-    """
-    import inspect
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from eae_kernels import triton_kernels as tk
-
-    if "constexprs" not in inspect.signature(ASTSource).parameters:  # triton < 3.3
-        raise SystemExit("UNSUPPORTED: this triton's ASTSource takes no constexprs")
-
-    def sig(kernel, dtypes):
-        names = [p.name for p in kernel.params if not p.is_constexpr]
-        return {name: dtypes.get(name, "i32") for name in names}
-
-    search = {"terms_ptr": "*fp64", "nbr_ptr": "*i64", "eps_bits": "i64", "scale_bits": "i64"}
-    small = {"h_ptr": "*fp32", "terms_ptr": "*fp64", "nbr_ptr": "*i64", "eps_bits": "i64", "const_bits": "i64",
-             "scale_bits": "i64"}
-    gather = {"nbr_ptr": "*i64", "scale_bits": "i64"}
-    cases = [
-        (tk._knn_kernel, {"z_ptr": "*fp32", "dist_ptr": "*fp32", "idx_ptr": "*i64"},
-         dict(K=3, KP=4, NORM=2, BLOCK_M=16, BLOCK_N=512), 4),
-        (tk._kl_search_kernel, dict(search, z_ptr="*fp32", weight_ptr="*fp32", grad_ptr="*fp32"),
-         dict(K=1, KP=1, NORM=0, STORE_NBR=True, STORE_WEIGHT=False, SCATTER=True, EPI_D=32, BLOCK_M=8,
-              BLOCK_N=1024), 4),
-        (tk._kl_search_kernel, dict(search, z_ptr="*bf16", weight_ptr="*fp32", grad_ptr="*bf16"),
-         dict(K=3, KP=4, NORM=1, STORE_NBR=True, STORE_WEIGHT=True, SCATTER=False, EPI_D=32, BLOCK_M=64,
-              BLOCK_N=32), 4),
-        (tk._kl_search_kernel, dict(search, z_ptr="*fp64", weight_ptr="*fp64", grad_ptr="*fp64"),
-         dict(K=9, KP=16, NORM=2, STORE_NBR=True, STORE_WEIGHT=False, SCATTER=True, EPI_D=32, BLOCK_M=16,
-              BLOCK_N=64), 4),
-        (tk._kl_small_kernel, dict(small, z_ptr="*fp16", weight_ptr="*fp32", grad_ptr="*fp16"),
-         dict(K=3, KP=4, NORM=2, COMPUTE_GRAD=True, BLOCK_G=8, GATHER_SCAN=64, SUM_BLOCK=1024, DP=256,
-              BLOCK_M=16, BLOCK_N=128), 4),
-        (tk._sum_terms_kernel, {"terms_ptr": "*fp64", "h_ptr": "*fp32", "const_bits": "i64", "scale_bits": "i64"},
-         dict(BLOCK=1024), 4),
-        (tk._kl_gather_kernel, dict(gather, z_ptr="*fp32", weight_ptr="*fp32", grad_ptr="*fp32"),
-         dict(NORM=0, BLOCK_G=16, BLOCK_N=64, DP=128), 4),
-        (tk._kl_gather_kernel, dict(gather, z_ptr="*fp64", weight_ptr="*fp64", grad_ptr="*fp64"),
-         dict(NORM=1, BLOCK_G=16, BLOCK_N=64, DP=64), 4),
-    ]
-    for arch in (80, 90):
-        for kernel, dtypes, constexprs, warps in cases:
-            src = ASTSource(kernel, sig(kernel, dtypes), constexprs=constexprs)
-            triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
-            print("compiled", kernel.__name__, "sm_%d" % arch, flush=True)
-    """
-)
+_AOT_SCRIPT = SCRIPTS / "triton_aot_compile.py"
 
 
+@pytest.mark.subprocess
 def test_kernels_compile_for_sm80_and_sm90():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    done = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, str(_AOT_SCRIPT)], env=env, capture_output=True, text=True, timeout=600)
     if "UNSUPPORTED" in done.stderr:
         pytest.skip(done.stderr.strip().splitlines()[-1])
     assert done.returncode == 0, done.stderr[-4000:]
@@ -461,74 +417,28 @@ def test_kernels_compile_for_sm80_and_sm90():
 # (AOTAutograd, dynamic shapes) in a process without the interpreter: the op must decompose into
 # its kernels (small path: 1; tiled: search + sum; deterministic tiled: + gather), without a GPU
 # because fake tensors never launch anything.
-_TRACE_SCRIPT = textwrap.dedent(
-    """
-    import torch
-    from functorch.compile import aot_function
-    from eae_kernels import triton_backend
-
-    class Traced(Exception):
-        pass
-
-    def kernels_in_forward(fn, z):
-        found = []
-
-        def compiler(gm, _):
-            found.extend(n for n in gm.graph.nodes if "triton_kernel_wrapper" in str(n.target))
-            raise Traced
-
-        try:
-            aot_function(fn, fw_compiler=compiler, dynamic=True)(z)
-        except Traced:
-            return len(found)
-        raise AssertionError("not traced")
-
-    op = triton_backend.kl_entropy_op()
-    z = torch.randn(40, 3, requires_grad=True)
-    for work, deterministic, expected in [(1 << 40, False, 1), (0, False, 2), (0, True, 3)]:
-        triton_backend.SMALL_BATCH_MAX_WORK = work
-        got = kernels_in_forward(lambda x: op(x, 2, 2.0, 1e-8, True, deterministic)[0], z)
-        assert got == expected, (work, deterministic, got)
-    assert kernels_in_forward(lambda x: triton_backend.knn_op()(x, 3, 1.0)[0], z) == 1
-    print("traced")
-    """
-)
+_TRACE_SCRIPT = SCRIPTS / "triton_trace.py"
 
 
 # The p = 2 keys use an explicit fma: with Triton's fusion of multiply-adds off (the default from
 # Triton 3.10 on), the search loop must still be fma.rn.f32, so the keys (and the neighbours at
 # near-ties) do not depend on the Triton version or its settings.
-_FMA_SCRIPT = textwrap.dedent(
-    """
-    import inspect, re
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from eae_kernels import triton_kernels as tk
-
-    if "constexprs" not in inspect.signature(ASTSource).parameters:  # triton < 3.3
-        raise SystemExit("UNSUPPORTED: this triton's ASTSource takes no constexprs")
-    kernel = tk._knn_kernel
-    sig = {p.name: "i32" for p in kernel.params if not p.is_constexpr}
-    sig.update(z_ptr="*fp32", dist_ptr="*fp32", idx_ptr="*i64")
-    src = ASTSource(kernel, sig, constexprs=dict(K=1, KP=1, NORM=2, BLOCK_M=16, BLOCK_N=64))
-    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "enable_fp_fusion": False}).asm["ptx"]
-    print("fma", len(re.findall(r"fma\.rn\.f32", ptx)))
-    """
-)
+_FMA_SCRIPT = SCRIPTS / "triton_fma_keys.py"
 
 
+@pytest.mark.subprocess
 def test_distance_keys_use_fma_without_fp_fusion():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "0"
-    done = subprocess.run([sys.executable, "-c", _FMA_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, str(_FMA_SCRIPT)], env=env, capture_output=True, text=True, timeout=600)
     if "UNSUPPORTED" in done.stderr:
         pytest.skip(done.stderr.strip().splitlines()[-1])
     assert done.returncode == 0, done.stderr[-4000:]
     assert int(done.stdout.split()[-1]) >= 16 * 64 // 128  # one per key of a thread's share of the tile
 
 
+@pytest.mark.subprocess
 def test_triton_op_traces_into_its_kernels():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _TRACE_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, str(_TRACE_SCRIPT)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "traced" in done.stdout, done.stderr[-4000:]

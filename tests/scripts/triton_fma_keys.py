@@ -1,0 +1,17 @@
+"""Compiles the k-NN kernel for sm_90 with Triton's fusion of multiply-adds off and prints how many
+fma.rn.f32 the PTX holds: the p = 2 keys must use an explicit fma. Run by tests/test_triton.py."""
+
+import inspect, re
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from eae_kernels import triton_kernels as tk
+
+if "constexprs" not in inspect.signature(ASTSource).parameters:  # triton < 3.3
+    raise SystemExit("UNSUPPORTED: this triton's ASTSource takes no constexprs")
+kernel = tk._knn_kernel
+sig = {p.name: "i32" for p in kernel.params if not p.is_constexpr}
+sig.update(z_ptr="*fp32", dist_ptr="*fp32", idx_ptr="*i64")
+src = ASTSource(kernel, sig, constexprs=dict(K=1, KP=1, NORM=2, BLOCK_M=16, BLOCK_N=64))
+ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "enable_fp_fusion": False}).asm["ptx"]
+print("fma", len(re.findall(r"fma\.rn\.f32", ptx)))
