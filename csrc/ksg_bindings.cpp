@@ -4,14 +4,16 @@
 // direct callers of torch.ops.eae_kernels.*.
 //
 // Ops (no autograd: the estimate is piecewise constant in the inputs):
-//   ksg_mutual_information(x, y, k, variant, lengths=None) -> mi
+//   ksg_mutual_information(x, y, k, variant, lengths=None, path=0) -> mi
 //       x (N, dx), y (N, dy) -> 0-dim; x (B, N, dx), y (B, N, dy) -> (B,), with optional ragged
 //       lengths (B,) int64: set b is its first lengths[b] rows. Nats; float32 for half inputs,
 //       else the input dtype; NaN for a set holding a NaN or inf.
-//   ksg_range_count(z, radius, inclusive) -> counts
+//   ksg_range_count(z, radius, inclusive, path=0) -> counts
 //       z (N, d), radius (N,): counts[i] = #{j != i : max_c |z_ic - z_jc| < radius[i]} (<= when
 //       inclusive), (N,) int64; z and radius must be finite. Pass 2 of the estimator, exposed for the GPU backends' composition
 //       and for tests.
+//   path: 0 picks the faster CPU path for the shape, 1 forces the tiled one, 2 the sweep (see
+//       cpu/ksg_cpu.h); the results are identical (the tests check it).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -30,8 +32,15 @@ at::ScalarType ksg_compute_type(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
+cpu::KsgPath check_path(int64_t path) {
+  TORCH_CHECK(0 <= path && path <= 2, "eae_kernels: path must be 0 (auto), 1 (tiled) or 2 (sweep); got ", path);
+  return static_cast<cpu::KsgPath>(path);
+}
+
 at::Tensor ksg_mutual_information_cpu(const at::Tensor& x, const at::Tensor& y, int64_t k,
-                                      int64_t variant, const c10::optional<at::Tensor>& lengths) {
+                                      int64_t variant, const c10::optional<at::Tensor>& lengths,
+                                      int64_t path) {
+  const cpu::KsgPath how = check_path(path);
   TORCH_CHECK(x.dim() == y.dim() && (x.dim() == 2 || x.dim() == 3),
               "eae_kernels.ksg_mutual_information: x and y must both be 2-D (N, d) or both 3-D "
               "(B, N, d); got ", x.dim(), "-D and ", y.dim(), "-D");
@@ -74,14 +83,16 @@ at::Tensor ksg_mutual_information_cpu(const at::Tensor& x, const at::Tensor& y, 
     for (int64_t s = 0; s < b; ++s) {
       const double mi = cpu::ksg_mutual_information<scalar_t>(
           xc.data_ptr<scalar_t>() + s * n * dx, yc.data_ptr<scalar_t>() + s * n * dy, rows[s], dx,
-          dy, k, static_cast<int>(variant), nullptr, nullptr, torch_parallel_for);
+          dy, k, static_cast<int>(variant), nullptr, nullptr, torch_parallel_for, how);
       out[s] = mi;
     }
   });
   return batched ? out : out.squeeze(0);
 }
 
-at::Tensor ksg_range_count_cpu(const at::Tensor& z, const at::Tensor& radius, bool inclusive) {
+at::Tensor ksg_range_count_cpu(const at::Tensor& z, const at::Tensor& radius, bool inclusive,
+                               int64_t path) {
+  const cpu::KsgPath how = check_path(path);
   TORCH_CHECK(z.dim() == 2 && z.size(1) >= 1 && at::isFloatingType(z.scalar_type()),
               "eae_kernels.ksg_range_count: z must be a 2-D (N, d) floating tensor with d >= 1; got ",
               z.scalar_type(), " of shape ", z.sizes());
@@ -98,7 +109,7 @@ at::Tensor ksg_range_count_cpu(const at::Tensor& z, const at::Tensor& radius, bo
   if (n == 0) return counts;
   AT_DISPATCH_FLOATING_TYPES(compute, "eae_kernels::ksg_range_count (CPU)", [&] {
     cpu::range_count_linf<scalar_t>(zc.data_ptr<scalar_t>(), n, d, rc.data_ptr<scalar_t>(),
-                                    inclusive, counts.data_ptr<int64_t>(), torch_parallel_for);
+                                    inclusive, counts.data_ptr<int64_t>(), torch_parallel_for, how);
   });
   return counts;
 }
@@ -107,8 +118,9 @@ at::Tensor ksg_range_count_cpu(const at::Tensor& z, const at::Tensor& radius, bo
 }  // namespace eae
 
 TORCH_LIBRARY_FRAGMENT(eae_kernels, m) {
-  m.def("ksg_mutual_information(Tensor x, Tensor y, int k, int variant, Tensor? lengths=None) -> Tensor");
-  m.def("ksg_range_count(Tensor z, Tensor radius, bool inclusive) -> Tensor");
+  m.def("ksg_mutual_information(Tensor x, Tensor y, int k, int variant, Tensor? lengths=None,"
+        " int path=0) -> Tensor");
+  m.def("ksg_range_count(Tensor z, Tensor radius, bool inclusive, int path=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(eae_kernels, CPU, m) {

@@ -198,8 +198,26 @@ def test_range_count_op_is_exact(cpu_isa, isa, inclusive):
             within = dist <= radius[:, None] if inclusive else dist < radius[:, None]
             expected = (within & ~torch.eye(n, dtype=torch.bool)).sum(1)
             for dtype in (torch.float64, torch.float32):
-                counts = torch.ops.eae_kernels.ksg_range_count(z.to(dtype), radius.to(dtype), inclusive)
-                assert torch.equal(counts, expected), (n, d, dtype)
+                for path in (0, 1, 2):  # auto, tiled, sweep
+                    counts = torch.ops.eae_kernels.ksg_range_count(z.to(dtype), radius.to(dtype), inclusive, path)
+                    assert torch.equal(counts, expected), (n, d, dtype, path)
+
+
+@pytest.mark.parametrize("variant", (1, 2))
+def test_cpu_paths_give_identical_results(variant):
+    """The tiled and the sweep paths of both passes: bit-identical estimates, on continuous data
+    and on integer data full of ties (where the k-th neighbour's tie rule matters)."""
+    g = torch.Generator().manual_seed(0)
+    cases = [random_pair(300, dx, dy, seed=dx + dy) for dx, dy in ((1, 1), (2, 3), (16, 1))]
+    cases.append((torch.randint(-2, 3, (200, 1), generator=g).double(), torch.randint(-2, 3, (200, 2), generator=g).double()))
+    for x, y in cases:
+        for dtype in (torch.float64, torch.float32):
+            for k in (1, 3):
+                values = [
+                    torch.ops.eae_kernels.ksg_mutual_information(x.to(dtype), y.to(dtype), k, variant, None, path).item()
+                    for path in (0, 1, 2)
+                ]
+                assert values[0] == values[1] == values[2], (x.shape, y.shape, dtype, k, values)
 
 
 def test_range_count_op_rejects_non_finite():

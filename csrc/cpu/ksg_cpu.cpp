@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "../core/kl_math.h"
@@ -21,6 +22,7 @@ namespace {
 constexpr int64_t kCountRowBlock = 64;  // rows whose data stay in L1 while the panels stream by
 constexpr int kCountRows = 4;           // register tile: rows ...
 constexpr int kCountCols = 2;           // ... x vectors of columns
+constexpr int64_t kMaxSweepSearchDim = 2;  // joint dimensions up to which pass 1 sweeps (>= 2)
 
 template <class T>
 struct CountArgs {
@@ -113,11 +115,143 @@ bool all_finite(const T* v, int64_t count) {
   return true;
 }
 
-}  // namespace
+// The rows in ascending order of their first coordinate (ties by index), and those values.
+template <class T>
+struct FirstCoordinateOrder {
+  std::vector<int64_t> row;  // row[p]: the row at position p
+  std::vector<T> first;      // first[p] = z[row[p]][0], ascending
+};
 
 template <class T>
-void range_count_linf(const T* z, int64_t n, int64_t d, const T* radius, bool inclusive,
-                      int64_t* counts, const ParallelFor& pfor) {
+FirstCoordinateOrder<T> sort_by_first_coordinate(const T* z, int64_t n, int64_t d) {
+  std::vector<std::pair<T, int64_t>> pairs(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) pairs[i] = {z[i * d], i};
+  std::sort(pairs.begin(), pairs.end());  // by value, then index
+  FirstCoordinateOrder<T> order;
+  order.row.resize(static_cast<size_t>(n));
+  order.first.resize(static_cast<size_t>(n));
+  for (int64_t p = 0; p < n; ++p) {
+    order.first[p] = pairs[p].first;
+    order.row[p] = pairs[p].second;
+  }
+  return order;
+}
+
+// Exact k-NN in the max-norm (d >= 2) by a two-level sweep. The first-coordinate order is cut
+// into slabs of consecutive positions; inside a slab the rows are sorted by their second
+// coordinate. From each row: walk its own slab, then the slabs outwards (nearest in the first
+// coordinate first) until the first-coordinate gap to the next slab exceeds the k-th key; inside
+// a slab, walk outwards from the row's second coordinate until that gap exceeds the k-th key.
+// The gaps fl(b - a) are exact lower bounds of the distance (fl is monotone) and a walk stops only
+// when strictly farther, so the lists are those of the tiled search: same keys, same lower-index
+// tie rule (topk_insert orders by (key, index) whatever the visiting order).
+template <class T>
+void knn_sweep_linf(const T* z, int64_t n, int64_t d, int64_t k, T* keys, int64_t* idx,
+                    const ParallelFor& pfor) {
+  const FirstCoordinateOrder<T> order = sort_by_first_coordinate(z, n, d);
+  const T* first = order.first.data();
+  // Slabs of about half the rows of a row's first-coordinate strip (~sqrt(n k) in 2-D); measured
+  // at dx = dy = 1: 1/4 to 2 times that are within the noise, 1/8 and less are slower.
+  const int64_t slab = std::max<int64_t>(16, static_cast<int64_t>(std::sqrt(double(n) * double(k)) / 2));
+  const int64_t num_slabs = (n + slab - 1) / slab;
+  // In slab order: row index, second coordinate, and the row's values (for locality).
+  std::vector<int64_t> srow(static_cast<size_t>(n));
+  std::vector<T> second(static_cast<size_t>(n)), zs(static_cast<size_t>(n * d));
+  std::vector<int64_t> where(static_cast<size_t>(n));  // row -> its slab
+  pfor(num_slabs, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t a = s * slab, b = std::min(n, a + slab);
+      for (int64_t q = a; q < b; ++q) srow[q] = order.row[q];
+      std::sort(srow.begin() + a, srow.begin() + b,
+                [&](int64_t u, int64_t v) { return z[u * d + 1] < z[v * d + 1] || (z[u * d + 1] == z[v * d + 1] && u < v); });
+      for (int64_t q = a; q < b; ++q) {
+        second[q] = z[srow[q] * d + 1];
+        std::copy(z + srow[q] * d, z + (srow[q] + 1) * d, zs.data() + q * d);
+        where[srow[q]] = s;
+      }
+    }
+  });
+
+  pfor(n, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t i = order.row[p];
+      T* key = keys + i * k;
+      int64_t* id = idx + i * k;
+      std::fill(key, key + k, std::numeric_limits<T>::infinity());
+      std::fill(id, id + k, n);  // empty slot: (+inf, n)
+      const T* zi = z + i * d;
+      const T si = first[p], ti = zi[1];
+      auto full = [&] { return id[k - 1] != n; };
+      auto walk_slab = [&](int64_t s) {
+        const int64_t a = s * slab, b = std::min(n, a + slab);
+        const int64_t t = std::lower_bound(second.begin() + a, second.begin() + b, ti) - second.begin();
+        int64_t lo = t - 1, hi = t;
+        while (lo >= a || hi < b) {
+          const bool take_lo = lo >= a && (hi >= b || ti - second[lo] <= second[hi] - ti);
+          const T gap = take_lo ? ti - second[lo] : second[hi] - ti;
+          if (full() && gap > key[k - 1]) break;
+          const int64_t q = take_lo ? lo-- : hi++;
+          if (srow[q] != i) topk_insert(key, id, static_cast<int>(k), linf_distance(zi, zs.data() + q * d, d), srow[q]);
+        }
+      };
+      const int64_t home = where[i];
+      walk_slab(home);
+      int64_t lo = home - 1, hi = home + 1;
+      while (lo >= 0 || hi < num_slabs) {
+        // first-coordinate gap to the nearest position of the next slab on each side
+        const T gap_lo = lo >= 0 ? si - first[(lo + 1) * slab - 1] : T(0);
+        const T gap_hi = hi < num_slabs ? first[hi * slab] - si : T(0);
+        const bool take_lo = lo >= 0 && (hi >= num_slabs || gap_lo <= gap_hi);
+        if (full() && (take_lo ? gap_lo : gap_hi) > key[k - 1]) break;  // every slab further out is farther
+        walk_slab(take_lo ? lo-- : hi++);
+      }
+    }
+  });
+}
+
+// For every row, the window [lo, hi) of positions in the first-coordinate order whose gap to the
+// row's first coordinate is within its radius: a superset of the rows within the radius (all of
+// them when d = 1). Binary search on the exact predicate, which is monotone on each side.
+template <class T>
+void sweep_windows(const FirstCoordinateOrder<T>& order, const T* radius, bool inclusive,
+                   int64_t* lo, int64_t* hi, const ParallelFor& pfor) {
+  const int64_t n = static_cast<int64_t>(order.row.size());
+  const T* first = order.first.data();
+  pfor(n, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const T r = radius[order.row[p]];
+      const T si = first[p];
+      auto within = [&](T gap) { return inclusive ? gap <= r : gap < r; };
+      if (!within(T(0))) { lo[p] = hi[p] = p; continue; }  // not even the row itself
+      // Galloping from p (windows are usually short), then binary search: first position in
+      // [0, p] within, and first position in (p, n) not within.
+      int64_t step = 1;
+      while (p - step >= 0 && within(si - first[p - step])) step *= 2;
+      int64_t a = std::max<int64_t>(0, p - step + 1), b = p - step / 2;
+      while (a < b) {
+        const int64_t m = a + (b - a) / 2;
+        if (within(si - first[m])) b = m; else a = m + 1;
+      }
+      lo[p] = a;
+      step = 1;
+      while (p + step < n && within(first[p + step] - si)) step *= 2;
+      a = p + step / 2 + 1, b = std::min(n, p + step);
+      while (a < b) {
+        const int64_t m = a + (b - a) / 2;
+        if (within(first[m] - si)) a = m + 1; else b = m;
+      }
+      hi[p] = a;
+    }
+  });
+}
+
+}  // namespace
+
+namespace {
+
+template <class T>
+void range_count_tiled(const T* z, int64_t n, int64_t d, const T* radius, bool inclusive,
+                       int64_t* counts, const ParallelFor& pfor) {
   const CountKernel<T>* kernel = count_kernel<T>();
   const int64_t pw = kernel->panel_width;
   const int64_t num_panels = (n + pw - 1) / pw;
@@ -138,10 +272,46 @@ void range_count_linf(const T* z, int64_t n, int64_t d, const T* radius, bool in
   });
 }
 
+// Pair tests per second of the tiled kernel over those of the sweep's scalar window scan: the
+// sweep runs when its windows hold fewer pairs than n^2 / kTiledAdvantage (a rough ratio; either
+// path gives the same counts).
+constexpr int64_t kTiledAdvantage = 16;
+
+}  // namespace
+
+template <class T>
+void range_count_linf(const T* z, int64_t n, int64_t d, const T* radius, bool inclusive,
+                      int64_t* counts, const ParallelFor& pfor, KsgPath path) {
+  if (path == KsgPath::kTiled) return range_count_tiled(z, n, d, radius, inclusive, counts, pfor);
+  const FirstCoordinateOrder<T> order = sort_by_first_coordinate(z, n, d);
+  std::vector<int64_t> lo(static_cast<size_t>(n)), hi(static_cast<size_t>(n));
+  sweep_windows(order, radius, inclusive, lo.data(), hi.data(), pfor);
+  int64_t pairs = 0;
+  for (int64_t p = 0; p < n; ++p) pairs += hi[p] - lo[p];
+  if (path == KsgPath::kAuto && d > 1 && pairs > n * n / kTiledAdvantage)
+    return range_count_tiled(z, n, d, radius, inclusive, counts, pfor);
+  const int64_t* row = order.row.data();
+  pfor(n, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t i = row[p];
+      if (hi[p] == lo[p]) { counts[i] = 0; continue; }
+      if (d == 1) { counts[i] = hi[p] - lo[p] - 1; continue; }  // the window, less the row itself
+      const T r = radius[i];
+      const T* zi = z + i * d;
+      int64_t c = 0;
+      for (int64_t q = lo[p]; q < hi[p]; ++q) {
+        const T dist = linf_distance(zi, z + row[q] * d, d);
+        c += (inclusive ? dist <= r : dist < r) ? 1 : 0;
+      }
+      counts[i] = c - 1;  // the row itself is in its window, at distance 0
+    }
+  });
+}
+
 template <class T>
 double ksg_mutual_information(const T* x, const T* y, int64_t n, int64_t dx, int64_t dy,
                               int64_t k, int variant, int64_t* nx_out, int64_t* ny_out,
-                              const ParallelFor& pfor) {
+                              const ParallelFor& pfor, KsgPath path) {
   if (!all_finite(x, n * dx) || !all_finite(y, n * dy)) {
     if (nx_out) std::fill(nx_out, nx_out + n, int64_t{0});
     if (ny_out) std::fill(ny_out, ny_out + n, int64_t{0});
@@ -158,7 +328,11 @@ double ksg_mutual_information(const T* x, const T* y, int64_t n, int64_t dx, int
   }
   std::vector<T> keys(static_cast<size_t>(n * k));
   std::vector<int64_t> idx(static_cast<size_t>(n * k));
-  knn_search(xy.data(), n, dz, k, Norm::Linf, RowRange{0, n}, keys.data(), idx.data(), pfor);
+  // The sweep wins while the strip of rows near a row in the first coordinate is a small part of
+  // the data, i.e. in very low joint dimension (measured: dx = dy = 1).
+  const bool sweep = path == KsgPath::kSweep || (path == KsgPath::kAuto && dz <= kMaxSweepSearchDim);
+  if (sweep) knn_sweep_linf(xy.data(), n, dz, k, keys.data(), idx.data(), pfor);
+  else knn_search(xy.data(), n, dz, k, Norm::Linf, RowRange{0, n}, keys.data(), idx.data(), pfor);
   xy = std::vector<T>();
 
   // The radii: eps_i in both marginals (variant 1), or the largest marginal distance to the k
@@ -186,8 +360,8 @@ double ksg_mutual_information(const T* x, const T* y, int64_t n, int64_t dx, int
   if (!nx_out) { own_nx.resize(static_cast<size_t>(n)); nx_out = own_nx.data(); }
   if (!ny_out) { own_ny.resize(static_cast<size_t>(n)); ny_out = own_ny.data(); }
   const bool inclusive = variant == 2;
-  range_count_linf(x, n, dx, rx.data(), inclusive, nx_out, pfor);
-  range_count_linf(y, n, dy, ry.data(), inclusive, ny_out, pfor);
+  range_count_linf(x, n, dx, rx.data(), inclusive, nx_out, pfor, path);
+  range_count_linf(y, n, dy, ry.data(), inclusive, ny_out, pfor, path);
 
   // psi(n_x + 1) + psi(n_y + 1) (variant 1) or psi(n_x) + psi(n_y) (variant 2), summed in a fixed
   // order so the result does not depend on the number of threads.
@@ -200,15 +374,15 @@ double ksg_mutual_information(const T* x, const T* y, int64_t n, int64_t dx, int
 }
 
 template void range_count_linf<float>(const float*, int64_t, int64_t, const float*, bool, int64_t*,
-                                      const ParallelFor&);
+                                      const ParallelFor&, KsgPath);
 template void range_count_linf<double>(const double*, int64_t, int64_t, const double*, bool,
-                                       int64_t*, const ParallelFor&);
+                                       int64_t*, const ParallelFor&, KsgPath);
 template double ksg_mutual_information<float>(const float*, const float*, int64_t, int64_t,
                                               int64_t, int64_t, int, int64_t*, int64_t*,
-                                              const ParallelFor&);
+                                              const ParallelFor&, KsgPath);
 template double ksg_mutual_information<double>(const double*, const double*, int64_t, int64_t,
                                                int64_t, int64_t, int, int64_t*, int64_t*,
-                                               const ParallelFor&);
+                                               const ParallelFor&, KsgPath);
 
 }  // namespace cpu
 }  // namespace eae

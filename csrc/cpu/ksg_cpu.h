@@ -14,7 +14,8 @@
 //              I      = psi(k) - 1/k + psi(n) - mean_i [psi(n_x(i)) + psi(n_y(i))]
 //
 // Pass 1 is the k-nearest-neighbour search of kl_cpu.h (p = inf on [x, y]; ties broken by the
-// lower index, which decides the neighbour set of variant 2 when the k-th distance is tied).
+// lower index, which decides the neighbour set of variant 2 when the k-th distance is tied), or,
+// in low dimension, an exact sweep with the same keys, tie rule and results (KsgPath below).
 // Pass 2 is a range count over each marginal. Every distance is fl(|a - b|) maxed over the
 // coordinates, in the input's precision, in both passes, so the comparisons are exact on the
 // same numbers. Memory: O(n (dx + dy + k)); nothing of size n x n.
@@ -27,11 +28,20 @@
 namespace eae {
 namespace cpu {
 
+// How a pass runs. Both give bit-identical results; kAuto picks the faster for the shape.
+//   kTiled: every pair, in SIMD register tiles (O(n^2 d) work; wins in high dimension).
+//   kSweep: rows sorted by their first coordinate; a row's candidates are a contiguous window of
+//           that order, found by binary search (counts) or by walking outwards until the gap in
+//           the first coordinate exceeds the current k-th distance (search). Exact, because
+//           fl(|a - b|) is monotone in b and the max-norm is at least the first coordinate's gap.
+//           O(n log n) for d = 1 counts; wins whenever the windows are small (low dimension).
+enum class KsgPath : int { kAuto = 0, kTiled = 1, kSweep = 2 };
+
 // counts[i] = #{j != i, j < n : max_c |z_i[c] - z_j[c]| < radius[i]}   (inclusive: <= radius[i])
-//   z: (n, d) row-major, contiguous, finite; radius: (n,). Requires n >= 1, d >= 1.
+//   z: (n, d) row-major, contiguous, finite; radius: (n,) finite. Requires n >= 1, d >= 1.
 template <class T>
 void range_count_linf(const T* z, int64_t n, int64_t d, const T* radius, bool inclusive,
-                      int64_t* counts, const ParallelFor& pfor);
+                      int64_t* counts, const ParallelFor& pfor, KsgPath path = KsgPath::kAuto);
 
 // The KSG estimate (variant 1 or 2, see above) of the n paired rows x (n, dx), y (n, dy), both
 // row-major and contiguous, in nats. Requires n > k >= 1, dx, dy >= 1. NaN when a value of x or
@@ -39,7 +49,7 @@ void range_count_linf(const T* z, int64_t n, int64_t d, const T* radius, bool in
 template <class T>
 double ksg_mutual_information(const T* x, const T* y, int64_t n, int64_t dx, int64_t dy,
                               int64_t k, int variant, int64_t* nx, int64_t* ny,
-                              const ParallelFor& pfor);
+                              const ParallelFor& pfor, KsgPath path = KsgPath::kAuto);
 
 }  // namespace cpu
 }  // namespace eae
