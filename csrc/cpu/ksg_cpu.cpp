@@ -23,6 +23,10 @@ constexpr int64_t kCountRowBlock = 64;  // rows whose data stay in L1 while the 
 constexpr int kCountRows = 4;           // register tile: rows ...
 constexpr int kCountCols = 2;           // ... x vectors of columns
 constexpr int64_t kMaxSweepSearchDim = 2;  // joint dimensions up to which pass 1 sweeps (>= 2)
+// Rows per parallel task of the sweep's cheap per-row loops (binary searches, window counts; the
+// k-NN walk takes a quarter): a task of less work costs more in thread wake-ups than it saves,
+// most of all on a loaded machine.
+constexpr int64_t kMinSweepRows = 8192;
 
 template <class T>
 struct CountArgs {
@@ -158,7 +162,7 @@ void knn_sweep_linf(const T* z, int64_t n, int64_t d, int64_t k, T* keys, int64_
   std::vector<int64_t> srow(static_cast<size_t>(n));
   std::vector<T> second(static_cast<size_t>(n)), zs(static_cast<size_t>(n * d));
   std::vector<int64_t> where(static_cast<size_t>(n));  // row -> its slab
-  pfor(num_slabs, 1, [&](int64_t s0, int64_t s1) {
+  pfor(num_slabs, std::max<int64_t>(1, kMinSweepRows / slab), [&](int64_t s0, int64_t s1) {
     for (int64_t s = s0; s < s1; ++s) {
       const int64_t a = s * slab, b = std::min(n, a + slab);
       for (int64_t q = a; q < b; ++q) srow[q] = order.row[q];
@@ -172,7 +176,7 @@ void knn_sweep_linf(const T* z, int64_t n, int64_t d, int64_t k, T* keys, int64_
     }
   });
 
-  pfor(n, 256, [&](int64_t begin, int64_t end) {
+  pfor(n, kMinSweepRows / 4, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t i = order.row[p];
       T* key = keys + i * k;
@@ -217,7 +221,7 @@ void sweep_windows(const FirstCoordinateOrder<T>& order, const T* radius, bool i
                    int64_t* lo, int64_t* hi, const ParallelFor& pfor) {
   const int64_t n = static_cast<int64_t>(order.row.size());
   const T* first = order.first.data();
-  pfor(n, 1024, [&](int64_t begin, int64_t end) {
+  pfor(n, kMinSweepRows, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const T r = radius[order.row[p]];
       const T si = first[p];
@@ -291,7 +295,7 @@ void range_count_linf(const T* z, int64_t n, int64_t d, const T* radius, bool in
   if (path == KsgPath::kAuto && d > 1 && pairs > n * n / kTiledAdvantage)
     return range_count_tiled(z, n, d, radius, inclusive, counts, pfor);
   const int64_t* row = order.row.data();
-  pfor(n, 256, [&](int64_t begin, int64_t end) {
+  pfor(n, d == 1 ? kMinSweepRows : kMinSweepRows / 4, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t i = row[p];
       if (hi[p] == lo[p]) { counts[i] = 0; continue; }
@@ -341,7 +345,7 @@ double ksg_mutual_information(const T* x, const T* y, int64_t n, int64_t dx, int
   if (variant == 1) {
     for (int64_t i = 0; i < n; ++i) rx[i] = ry[i] = keys[i * k + k - 1];
   } else {
-    pfor(n, std::max<int64_t>(1, 4096 / (k * dz)), [&](int64_t begin, int64_t end) {
+    pfor(n, std::max<int64_t>(1, 65536 / (k * dz)), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         T ex = 0, ey = 0;
         for (int64_t q = 0; q < k; ++q) {
