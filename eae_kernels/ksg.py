@@ -331,3 +331,21 @@ def gaussian_mutual_information(cov: torch.Tensor, dx: int) -> torch.Tensor:
 
     mi = 0.5 * (logdet(c[..., :dx, :dx]) + logdet(c[..., dx:, dx:]) - logdet(c))
     return mi.to(cov.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake (meta) kernels of the compiled ops, for torch.compile and opcheck
+# ---------------------------------------------------------------------------------------------
+
+
+def _ksg_mutual_information_fake(x, y, k, variant, lengths=None, path=0):
+    return x.new_empty(x.shape[:-2], dtype=accumulation_dtype(x.dtype))
+
+
+def _ksg_range_count_fake(z, radius, inclusive, path=0):
+    return z.new_empty((z.shape[0],), dtype=torch.int64)
+
+
+if _extension.available():
+    torch.library.register_fake("eae_kernels::ksg_mutual_information")(_ksg_mutual_information_fake)
+    torch.library.register_fake("eae_kernels::ksg_range_count")(_ksg_range_count_fake)

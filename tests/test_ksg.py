@@ -405,6 +405,16 @@ def test_op_checks_guard_direct_callers():
         torch.ops.eae_kernels.ksg_mutual_information(x, y, 3, 0, None)
 
 
+def test_opcheck():
+    x, y = random_pair(40, 2, 3, seed=0)
+    torch.library.opcheck(torch.ops.eae_kernels.ksg_mutual_information.default, (x, y, 3, 1, None, 0))
+    lengths = torch.tensor([20, 10])
+    torch.library.opcheck(
+        torch.ops.eae_kernels.ksg_mutual_information.default, (x.reshape(2, 20, 2), y.reshape(2, 20, 3), 3, 2, lengths, 0)
+    )
+    torch.library.opcheck(torch.ops.eae_kernels.ksg_range_count.default, (x, torch.rand(40, dtype=torch.float64), True, 0))
+
+
 # ---------------------------------------------------------------------------------------------
 # The Gaussian closed form
 # ---------------------------------------------------------------------------------------------
