@@ -166,13 +166,13 @@ def ksg_mutual_information(
     of ``x`` is paired with row i of ``y``; for N pairs, with :math:`\|\cdot\|` the max-norm and the
     joint distance :math:`\max(\|x_i - x_j\|, \|y_i - y_j\|)`:
 
-    * ``variant=1`` (algorithm 1, eqs. 8-9): :math:`\epsilon_i` is the joint distance from row i to
+    * ``variant=1`` (algorithm 1): :math:`\epsilon_i` is the joint distance from row i to
       its k-th nearest other row, :math:`n_x(i) = \#\{j \ne i : \|x_i - x_j\| < \epsilon_i\}`
       (strict), :math:`n_y(i)` likewise, and
 
       .. math:: I^{(1)} = \psi(k) + \psi(N) - \langle \psi(n_x + 1) + \psi(n_y + 1) \rangle
 
-    * ``variant=2`` (algorithm 2, eq. 11): :math:`\epsilon_x(i)/2` and :math:`\epsilon_y(i)/2` are the
+    * ``variant=2`` (algorithm 2): :math:`\epsilon_x(i)/2` and :math:`\epsilon_y(i)/2` are the
       largest marginal distances from row i to its k joint nearest neighbours,
       :math:`n_x(i) = \#\{j \ne i : \|x_i - x_j\| \le \epsilon_x(i)/2\}` (non-strict), :math:`n_y(i)`
       likewise, and
@@ -189,8 +189,8 @@ def ksg_mutual_information(
     No noise is added. The estimator assumes continuous data: with discrete-valued data (integer
     codes, quantised features, repeated rows) many distances tie exactly, :math:`\epsilon_i` can
     be 0, and the strict/non-strict counts then depend on the ties rather than on the density,
-    which biases the estimate (scikit-learn hides this by adding noise of 1e-10 times the data
-    scale). Add your own jitter, e.g. ``x + 1e-10 * x.std() * torch.randn_like(x)``, so that the
+    which biases the estimate (scikit-learn hides this by silently adding noise of about 1e-10
+    times the data's scale). Add your own jitter, e.g. ``x + 1e-10 * x.std() * torch.randn_like(x)``, so that the
     randomness is yours, visible and seeded.
 
     The estimate is piecewise constant in the data (it depends on it only through neighbour
@@ -203,8 +203,7 @@ def ksg_mutual_information(
             computed in float32).
         y: (N, dy) or (B, N, dy), paired with ``x`` row by row: same N (and B), same dtype and
             device.
-        k: number of joint neighbours, an int with k < N (3 is the paper's and scikit-learn's
-            default).
+        k: number of joint neighbours, an int with k < N (3 is scikit-learn's default).
         variant: 1 or 2, the paper's algorithm.
         lengths: batched inputs only: optional (B,) int64 tensor; set b is its first
             ``lengths[b]`` rows (k < lengths[b] <= N), the rest is ignored.
@@ -274,19 +273,20 @@ def _dense_linf(z: torch.Tensor) -> torch.Tensor:
 
 
 def _dense_knn_linf(z: torch.Tensor, k: int, p: float):
-    """Reference pass 1: the full max-norm distance matrix, self excluded, stable sort (ties to
-    the lower index)."""
+    """Reference pass 1: the full max-norm distance matrix, stable sort (ties to the lower index).
+    The row itself is excluded as NaN, which sorts after everything, +inf included (a distance
+    overflows to inf for coordinates near the largest float)."""
     assert p == math.inf
     dist = _dense_linf(z)
-    dist.fill_diagonal_(math.inf)
+    dist.fill_diagonal_(math.nan)
     dist, idx = torch.sort(dist, dim=1, stable=True)
     return dist[:, :k], idx[:, :k]
 
 
 def _dense_range_count(z: torch.Tensor, radius: torch.Tensor, inclusive: bool) -> torch.Tensor:
     dist = _dense_linf(z)
-    dist.fill_diagonal_(math.inf)
     within = dist <= radius[:, None] if inclusive else dist < radius[:, None]
+    within.fill_diagonal_(False)
     return within.sum(dim=1)
 
 

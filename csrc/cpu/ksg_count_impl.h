@@ -14,8 +14,8 @@
 //                   for r:  acc[r][q] = max(acc[r][q], |col[q] - z[i0 + r][c]|)
 //
 // then add (acc < radius_r) (or <=) to per-lane integer counters. Padding columns hold +inf and
-// are never counted (the radii are finite); the row itself (distance exactly 0) is counted by the
-// tile and subtracted at the end, so no lane needs an index test.
+// count only for an infinite radius (subtracted then); the row itself (distance exactly 0) is
+// counted by the tile and subtracted at the end, so no lane needs an index test.
 //
 // Expects before inclusion: EAE_KSG_ISA (namespace name), EAE_KSG_VECTOR_BYTES, and the
 // CountArgs / CountKernel types of ksg_cpu.cpp.
@@ -103,7 +103,10 @@ static void count_rows_impl(const CountArgs<T>& a, int64_t begin, int64_t end, i
         for (int l = 0; l < W; ++l) total += cnt[r][q][l];
       const T rad = a.radius[block + r];
       const bool self_counted = kInclusive ? (T(0) <= rad) : (T(0) < rad);
-      counts[block + r] = total - (self_counted ? 1 : 0);
+      // The +inf padding columns are within an infinite radius (inclusive): a finite-data
+      // distance overflows to inf when coordinates are near the largest float.
+      const bool padding_counted = kInclusive && rad == static_cast<T>(__builtin_inf());
+      counts[block + r] = total - (self_counted ? 1 : 0) - (padding_counted ? num_panels * PW - a.n : 0);
     }
   }
 }
