@@ -270,6 +270,12 @@ def test_ragged_equals_slicing(backend, variant):
             assert abs(out[b].item() - expected) < 1e-9
 
 
+def test_empty_batch():
+    x = torch.zeros(0, 10, 2)
+    out = ksg_mutual_information(x, x)
+    assert out.shape == (0,) and out.dtype == torch.float32
+
+
 def test_ragged_ignores_rows_past_the_length():
     xb, yb = random_pair(2 * 50, 2, 2, seed=3)
     xb, yb = xb.reshape(2, 50, 2), yb.reshape(2, 50, 2)
