@@ -163,6 +163,10 @@ def loadavg() -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N up to 10,000 only")
+    parser.add_argument("--sizes", type=int, nargs="+", help="N values (default 1,000 10,000 100,000)")
+    parser.add_argument("--dims", type=int, nargs="+", default=[8, 64], help="dx = dy of the KD-tree rows")
+    parser.add_argument("--batch", type=int, nargs=3, default=[32, 2000, 8], metavar=("B", "N", "D"),
+                        help="the batched row: B sets of N rows, dx = dy = D")
     parser.add_argument("--max-call-s", type=float, default=240.0, help="skip calls predicted to take longer")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -170,14 +174,14 @@ def main(argv=None):
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(THREADS)
-    sizes = (1000, 10000) if args.quick else (1000, 10000, 100000)
+    sizes = tuple(args.sizes or ((1000, 10000) if args.quick else (1000, 10000, 100000)))
     log = lambda s: print(s, flush=True)  # noqa: E731
     load_before = loadavg()
     started = time.time()
     with threadpool_limits(THREADS):
         sk = sklearn_rows(sizes, log)
-        kd = kdtree_rows((8, 64), sizes, args.max_call_s, log)
-        t_batch, t_loop = batched_row(32, 2000, 8, log)
+        kd = kdtree_rows(tuple(args.dims), sizes, args.max_call_s, log)
+        t_batch, t_loop = batched_row(*args.batch, log)
 
     lines = [
         "# KSG mutual information: benchmark (`python -m benchmarks.ksg`)",
@@ -198,7 +202,7 @@ def main(argv=None):
         lines.append(f"| {n:,} | {fmt_s(t_sk)} | {fmt_s(t64)} | {fmt_s(t32)} | {t_sk / t64:.1f}x | {v_sk:.4f} | {v64:.4f} |")
     lines += [
         "",
-        "## dx = dy = 8 and 64: against a KD-tree KSG (scipy cKDTree, float64, 2 workers)",
+        f"## dx = dy in {{{', '.join(map(str, args.dims))}}}: against a KD-tree KSG (scipy cKDTree, float64, 2 workers)",
         "",
         f"Values equal to 1e-9 wherever both ran in float64. A method runs only where its call is predicted (from the previous N, O(N^2) scaling) under {args.max_call_s:.0f} s; \"not run\" marks the rest.",
         "",
@@ -211,9 +215,9 @@ def main(argv=None):
         lines.append(f"| {d} | {n:,} | {fmt_s(t_kd)} | {fmt_s(t64)} | {fmt_s(t32)} | {s64} | {s32} |")
     lines += [
         "",
-        "## Batched: B = 32 sets of N = 2,000, dx = dy = 8, float32",
+        f"## Batched: B = {args.batch[0]} sets of N = {args.batch[1]:,}, dx = dy = {args.batch[2]}, float32",
         "",
-        "| one batched call | Python loop of 32 calls | speed-up |",
+        f"| one batched call | Python loop of {args.batch[0]} calls | speed-up |",
         "|---:|---:|---:|",
         f"| {fmt_s(t_batch)} | {fmt_s(t_loop)} | {t_loop / t_batch:.2f}x |",
         "",

@@ -418,6 +418,18 @@ def test_op_checks_guard_direct_callers():
         torch.ops.eae_kernels.ksg_mutual_information(x, y, 3, 0, None)
 
 
+def test_benchmark_smoke(tmp_path):
+    """python -m benchmarks.ksg at tiny sizes: runs end to end, checks its values, writes its tables."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("threadpoolctl")
+    from benchmarks import ksg as bench
+
+    out = tmp_path / "ksg.md"
+    bench.main(["--sizes", "100", "300", "--dims", "2", "--batch", "3", "50", "2", "--output", str(out)])
+    text = out.read_text()
+    assert "scikit-learn" in text and "| 2 | 300 |" in text and "Python loop of 3 calls" in text
+
+
 def test_opcheck():
     x, y = random_pair(40, 2, 3, seed=0)
     torch.library.opcheck(torch.ops.eae_kernels.ksg_mutual_information.default, (x, y, 3, 1, None, 0))
