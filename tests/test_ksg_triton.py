@@ -9,6 +9,9 @@ blocks are 16 x 16, so N of 20-50 still spans several row blocks and column tile
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -59,3 +62,39 @@ def test_mutual_information_matches_cpu(variant):
     expected = ksg_mutual_information(x, y, 3, variant=variant, lengths=lengths, backend="cpu")
     assert ours.shape == (3,) and not ours.requires_grad
     assert torch.allclose(ours.cpu(), expected, rtol=0, atol=1e-12)
+
+
+# Compiles the kernel for real GPUs in a fresh process (the interpreter off), with Triton's bundled
+# ptxas and no GPU: catches lowering and typing errors the interpreter cannot.
+_AOT_SCRIPT = textwrap.dedent(
+    """
+    import inspect
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from eae_kernels import triton_ksg
+
+    if "constexprs" not in inspect.signature(ASTSource).parameters:  # triton < 3.3
+        raise SystemExit("UNSUPPORTED: this triton's ASTSource takes no constexprs")
+    kernel = triton_ksg._kernel()
+    for arch in (80, 90):
+        for dtype in ("fp32", "fp64"):
+            for inclusive in (False, True):
+                names = [p.name for p in kernel.params if not p.is_constexpr]
+                dtypes = {"z_ptr": "*" + dtype, "radius_ptr": "*" + dtype, "out_ptr": "*i64"}
+                sig = {name: dtypes.get(name, "i32") for name in names}
+                blocks = {k: v for k, v in triton_ksg.GPU_BLOCKS.items() if k != "num_warps"}
+                src = ASTSource(kernel, sig, constexprs=dict(INCLUSIVE=inclusive, **blocks))
+                triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": triton_ksg.GPU_BLOCKS["num_warps"]})
+                print("compiled", dtype, inclusive, "sm_%d" % arch, flush=True)
+    """
+)
+
+
+def test_kernel_compiles_for_sm80_and_sm90():
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    if "UNSUPPORTED" in done.stderr:
+        pytest.skip(done.stderr.strip().splitlines()[-1])
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("compiled") == 8
