@@ -101,6 +101,7 @@ setup(
             "pytest>=7",
             "pytest-benchmark>=4",
             "scikit-learn>=1.2",
+            "scipy",  # the independent KD-tree KSG of tests/test_ksg.py (also a scikit-learn dependency)
             "tqdm",
             "matplotlib",
             "pillow",
