@@ -122,6 +122,7 @@ setup(
         "test": TRAIN_REQUIRES + [
             "pytest>=7",
             "pytest-benchmark>=4",
+            "scipy",  # the independent KD-tree references of the KSG and estimator tests
             "matplotlib",
             "triton>=3.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
         ],

@@ -10,6 +10,7 @@
 from . import reference
 from ._extension import available as extension_available
 from ._validate import DEFAULT_EPS
+from .ksg import gaussian_mutual_information, ksg_mutual_information
 from .modules import KLEntropy
 from .ops import kl_entropy, knn_distances
 
@@ -18,6 +19,8 @@ __all__ = [
     "kl_entropy",
     "knn_distances",
     "KLEntropy",
+    "ksg_mutual_information",
+    "gaussian_mutual_information",
     "reference",
     "DEFAULT_EPS",
     "extension_available",
