@@ -8,8 +8,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <atomic>
 #include <vector>
-#include <cstdio>
 
 namespace eae {
 namespace cpu {
@@ -42,6 +42,8 @@ bool auto_prefers_mixed(int64_t n, int64_t d) { return d >= 16 && n >= 1024; }
 
 constexpr int64_t kMaxMixedDim = 16384;  // keeps every int32 sum of the kernel in range
 
+std::atomic<int64_t> stats_calls{0}, stats_mixed_blocks{0}, stats_exact_blocks{0};
+
 int64_t grain_for_blocks(int64_t n, int64_t d) {
   const int64_t work = kMixedRowBlock * std::max<int64_t>(1, n * d / 32);
   return std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, work));
@@ -49,20 +51,10 @@ int64_t grain_for_blocks(int64_t n, int64_t d) {
 
 }  // namespace
 
-bool knn_search_mixed(const SearchArgs<float>& args, const SearchKernel<float>& exact,
-                      RowRange rows, const ParallelFor& pfor) {
-  const int64_t n = args.n, d = args.d, k = args.k;
-  const SearchMode mode = search_mode_from_env();
-  if (args.norm != Norm::L2 || mode == SearchMode::Exact) return false;
-  if (mode == SearchMode::Auto && !auto_prefers_mixed(n, d)) return false;
-  // The refinement reproduces the exact kernel's subtract + FMA; the portable kernel rounds the
-  // product separately (no FMA), so it keeps its own search.
-  if (!mixed_search_supported() || std::strcmp(exact.name, "generic") == 0) return false;
+bool build_mixed_data(const float* z, int64_t n, int64_t d, int64_t k, const ParallelFor& pfor,
+                      MixedData* out) {
   const int64_t d2 = (d + 1) / 2 * 2;
   if (d > kMaxMixedDim || n * d2 >= (int64_t{1} << 31)) return false;
-  for (int64_t j = 0; j < n; ++j)
-    if (!args.finite[j]) return false;  // NaN keys: the exact kernel's rules apply
-  const float* z = args.rows;
 
   // Centre: any fixed vector works (distances are translation-invariant); the mean of a strided
   // sample is enough to keep the quantisation step small under large offsets.
@@ -88,20 +80,21 @@ bool knn_search_mixed(const SearchArgs<float>& args, const SearchKernel<float>& 
   // |q| <= qmax keeps |I_ij| <= 4 d qmax^2 and every partial sum of the kernel within int32.
   const double qmax = std::min(32767.0, std::floor(std::sqrt(2147483647.0 / (4.0 * d))));
   // The step, a float rounded up, so that |x / alpha| <= qmax and alpha * q is exact in double.
-  const float alpha_f = std::nextafter(static_cast<float>(x_max / qmax), INFINITY);
-  const double alpha = alpha_f;
+  const double alpha = std::nextafter(static_cast<float>(x_max / qmax), INFINITY);
 
   // Quantise, measure each row's error, pack the panels and the query rows.
+  MixedData& m = *out;
   const int64_t num_panels = (n + kMixedPanel - 1) / kMixedPanel;
-  std::vector<int16_t> panels(static_cast<size_t>(num_panels * kMixedPanel * d2), 0);
-  std::vector<int32_t> ref_norm(static_cast<size_t>(num_panels * kMixedPanel),
-                                std::numeric_limits<int32_t>::max());  // padding: never a candidate
-  std::vector<int16_t> query_q(static_cast<size_t>(n * d2), 0);
-  std::vector<int32_t> norm_q(static_cast<size_t>(n));
-  std::vector<double> delta(static_cast<size_t>(n));
+  m.panels.assign(static_cast<size_t>(num_panels * kMixedPanel * d2), 0);
+  m.ref_norm.assign(static_cast<size_t>(num_panels * kMixedPanel),
+                    std::numeric_limits<int32_t>::max());  // padding columns: never candidates
+  m.q.assign(static_cast<size_t>(n * d2), 0);
+  m.norm.resize(static_cast<size_t>(n));
+  m.delta.resize(static_cast<size_t>(n));
+  m.reach.resize(static_cast<size_t>(n));
   pfor(n, std::max<int64_t>(1, (int64_t{1} << 16) / d), [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
-      int16_t* col = panels.data() + (j / kMixedPanel) * kMixedPanel * d2 + (j % kMixedPanel) * 2;
+      int16_t* col = m.panels.data() + (j / kMixedPanel) * kMixedPanel * d2 + (j % kMixedPanel) * 2;
       double err2 = 0, x2 = 0;
       int64_t sq = 0;
       for (int64_t c = 0; c < d; ++c) {
@@ -113,43 +106,58 @@ bool knn_search_mixed(const SearchArgs<float>& args, const SearchKernel<float>& 
         x2 += x * x;
         sq += q * q;
         col[(c / 2) * kMixedPanel * 2 + (c % 2)] = static_cast<int16_t>(q);
-        query_q[j * d2 + c] = static_cast<int16_t>(q);
+        m.q[j * d2 + c] = static_cast<int16_t>(q);
       }
       // delta_j bounds |(z_j - mu) - alpha q_j| in exact arithmetic. The computed x and e carry
       // one double rounding each (alpha * q is exact), so |e - e_computed| <= 2^-52 (|x| + |e|)
       // per coordinate; the sums of squares and the sqrt add relative (d + 2) 2^-53 < 2^-30.
       const double err = std::sqrt(err2), xn = std::sqrt(x2);
-      delta[j] = (err + 0x1p-51 * (xn + err)) * (1.0 + 0x1p-30) + 0x1p-1000;
-      norm_q[j] = static_cast<int32_t>(sq);
-      ref_norm[j] = static_cast<int32_t>(sq);
+      m.delta[j] = (err + 0x1p-51 * (xn + err)) * (1.0 + 0x1p-30) + 0x1p-1000;
+      m.norm[j] = static_cast<int32_t>(sq);
+      m.ref_norm[j] = static_cast<int32_t>(sq);
     }
   });
 
   const double d_plus_2_u = static_cast<double>(d + 2) * 0x1p-24;
-  MixedPlan plan;
+  MixedPlan& plan = m.plan;
   plan.n_ref = n;
   plan.d = d;
   plan.k = k;
   plan.d2 = d2;
-  plan.ref_panels = panels.data();
-  plan.ref_norm = ref_norm.data();
-  plan.query_q = query_q.data();
-  plan.query_norm = norm_q.data();
-  plan.query_delta = delta.data();
+  plan.ref_panels = m.panels.data();
+  plan.ref_norm = m.ref_norm.data();
+  plan.query_q = m.q.data();
+  plan.query_norm = m.norm.data();
+  plan.query_delta = m.delta.data();
   plan.bound.alpha = alpha;
-  plan.bound.delta_max = *std::max_element(delta.begin(), delta.end());
-  plan.bound.grow = 1.0 / (1.0 - d_plus_2_u) * kBoundMargin;   // (1 + u)^m <= 1 / (1 - m u)
-  plan.bound.shrink = (1.0 - d_plus_2_u) / kBoundMargin;       // (1 - u)^m >= 1 - m u
+  plan.bound.delta_max = *std::max_element(m.delta.begin(), m.delta.end());
+  plan.bound.grow = 1.0 / (1.0 - d_plus_2_u) * kBoundMargin;  // (1 + u)^m <= 1 / (1 - m u)
+  plan.bound.shrink = (1.0 - d_plus_2_u) / kBoundMargin;      // (1 - u)^m >= 1 - m u
   plan.bound.underflow = static_cast<double>(d) * 0x1p-149;
   plan.reach_slope = mixed_fast_reach_slope(plan.bound);
-  std::vector<double> reach(static_cast<size_t>(n));
-  for (int64_t j = 0; j < n; ++j) reach[j] = mixed_fast_reach_offset(delta[j], plan.bound);
-  plan.query_reach = reach.data();
+  for (int64_t j = 0; j < n; ++j) m.reach[j] = mixed_fast_reach_offset(m.delta[j], plan.bound);
+  plan.query_reach = m.reach.data();
   plan.self_offset = 0;
   plan.capacity = 96 + 8 * k;
   plan.query_rows = z;
-  if (std::getenv("EAE_MIXED_DEBUG")) fprintf(stderr, "alpha %g delta_max %g x_max %g delta0 %g\n", alpha, plan.bound.delta_max, x_max, delta[0]);
   plan.ref_rows = z;
+  return true;
+}
+
+bool knn_search_mixed(const SearchArgs<float>& args, const SearchKernel<float>& exact,
+                      RowRange rows, const ParallelFor& pfor) {
+  const int64_t n = args.n, d = args.d, k = args.k;
+  const SearchMode mode = search_mode_from_env();
+  if (args.norm != Norm::L2 || mode == SearchMode::Exact) return false;
+  if (mode == SearchMode::Auto && !auto_prefers_mixed(n, d)) return false;
+  // The refinement reproduces the exact kernel's subtract + FMA; the portable kernel rounds the
+  // product separately (no FMA), so it keeps its own search.
+  if (!mixed_search_supported() || std::strcmp(exact.name, "generic") == 0) return false;
+  for (int64_t j = 0; j < n; ++j)
+    if (!args.finite[j]) return false;  // NaN keys: the exact kernel's rules apply
+  MixedData data;
+  if (!build_mixed_data(args.rows, n, d, k, pfor, &data)) return false;
+  const MixedPlan& plan = data.plan;
 
   const int64_t num_blocks = (rows.end - rows.begin + kMixedRowBlock - 1) / kMixedRowBlock;
   pfor(num_blocks, grain_for_blocks(n, d), [&](int64_t begin, int64_t end) {
@@ -157,6 +165,7 @@ bool knn_search_mixed(const SearchArgs<float>& args, const SearchKernel<float>& 
     std::vector<int32_t> cand_y(cand.size());
     std::vector<int32_t> approx_top(static_cast<size_t>(kMixedRowBlock * k));
     int failures = 0;  // consecutive blocks that fell back
+    int64_t exact_here = 0;
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t r0 = rows.begin + blk * kMixedRowBlock;
       const int64_t r1 = std::min(rows.end, r0 + kMixedRowBlock);
@@ -171,14 +180,19 @@ bool knn_search_mixed(const SearchArgs<float>& args, const SearchKernel<float>& 
         continue;
       }
 #endif
-      {
-        if (std::getenv("EAE_MIXED_DEBUG")) fprintf(stderr, "fallback block %ld\n", (long)blk);
-        ++failures;
-        exact.search_rows(args, r0, r1);
-      }
+      ++exact_here;
+      ++failures;
+      exact.search_rows(args, r0, r1);
+      stats_exact_blocks.fetch_add(1, std::memory_order_relaxed);
     }
+    stats_mixed_blocks.fetch_add((end - begin) - exact_here, std::memory_order_relaxed);
   });
+  stats_calls.fetch_add(1, std::memory_order_relaxed);
   return true;
+}
+
+MixedStats mixed_search_stats() {
+  return {stats_calls.load(), stats_mixed_blocks.load(), stats_exact_blocks.load()};
 }
 
 }  // namespace cpu

@@ -34,6 +34,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "kl_cpu.h"
 #include "search.h"
@@ -151,6 +152,27 @@ SearchMode search_mode_from_env();
 // values, sizes): the caller then runs the exact search.
 bool knn_search_mixed(const SearchArgs<float>& args, const SearchKernel<float>& exact,
                       RowRange rows, const ParallelFor& pfor);
+
+// The quantised rows and their plan (the arrays the plan points to), as knn_search_mixed builds
+// them; exposed for the bound's test.
+struct MixedData {
+  std::vector<int16_t> panels, q;
+  std::vector<int32_t> ref_norm, norm;
+  std::vector<double> delta, reach;
+  MixedPlan plan;
+};
+// Centres and quantises z (n, d) and fills *out (plan.self_offset = 0: z against itself); false
+// when the values or sizes are out of the mixed search's range (all rows equal, keys that could
+// overflow float, d > 16384, n * d >= 2^31).
+bool build_mixed_data(const float* z, int64_t n, int64_t d, int64_t k, const ParallelFor& pfor,
+                      MixedData* out);
+
+// Counters since start-up, for tests and benchmarks: calls that took the mixed path, and their
+// row blocks searched by the integer pass or by the exact kernel (fallback).
+struct MixedStats {
+  int64_t calls, mixed_blocks, exact_blocks;
+};
+MixedStats mixed_search_stats();
 
 }  // namespace cpu
 }  // namespace eae

@@ -25,7 +25,6 @@
 #include <immintrin.h>
 
 #include <cstring>
-#include <cstdlib>
 
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma"))), apply_to = function)
@@ -184,7 +183,6 @@ void refine(const MixedPlan& p, const MixedBlock& b, int64_t r, const int32_t* c
 
 }  // namespace
 
-bool dbg = getenv("EAE_MIXED_DEBUG") != nullptr;
 bool mixed_search_block(const MixedPlan& p, const MixedBlock& b) {
   Rows s{p, b, {}, {}};
   for (int64_t r = 0; r < b.count; ++r) {
@@ -202,7 +200,6 @@ bool mixed_search_block(const MixedPlan& p, const MixedBlock& b) {
   }
   for (int64_t r = 0; r < b.count; ++r) {
     s.count[r] = compact(s, r);  // the final threshold
-    if (__builtin_expect(dbg, 0) && r < 3) __builtin_printf("row %ld cands %ld thr %d top %d norm %d\n", (long)(b.first_query + r), (long)s.count[r], s.thr[r], b.approx_top[r * p.k + p.k - 1], p.query_norm[b.first_query + r]);
     refine(p, b, r, b.cand + r * p.capacity, s.count[r]);
   }
   return true;
