@@ -90,36 +90,48 @@ uint64_t lanes_within(const __m512i* y, int32_t t) {
 bool add_candidates(Rows& s, int64_t r, int64_t panel, const __m512i* y, uint64_t mask) {
   const MixedPlan& p = s.p;
   const int64_t k = p.k, cap = p.capacity;
-  const int64_t q = s.b.first_query + r;
-  const int64_t self = p.self_offset >= 0 ? q + p.self_offset : -1;
-  int32_t ys[PW];
-  for (int c = 0; c < COLS; ++c) _mm512_storeu_si512(ys + c * W, y[c]);
+  const int64_t first = panel * PW;
+  if (first + PW > p.n_ref) mask &= (uint64_t{1} << (p.n_ref - first)) - 1;  // padding columns
+  const int64_t self = p.self_offset >= 0 ? s.b.first_query + r + p.self_offset - first : -1;
+  if (self >= 0 && self < PW) mask &= ~(uint64_t{1} << self);
+  if (!mask) return true;
+  const int64_t hits = __builtin_popcountll(mask);
+  if (s.count[r] + hits > cap) {
+    s.count[r] = compact(s, r);
+    if (s.count[r] > cap / 2 || s.count[r] + hits > cap) return false;  // band too wide here
+  }
+  // Append the hits in column order (vector compress), then merge the ones below the k-th
+  // smallest y into the approximate top-k.
   int32_t* cand = s.b.cand + r * cap;
   int32_t* cand_y = s.b.cand_y + r * cap;
-  int32_t* top = s.b.approx_top + r * k;
-  bool lowered = false;
-  while (mask) {
-    const int lane = __builtin_ctzll(mask);
-    mask &= mask - 1;
-    const int64_t j = panel * PW + lane;
-    if (j >= p.n_ref || j == self) continue;
-    const int32_t yj = ys[lane];
-    if (s.count[r] == cap) {
-      s.count[r] = compact(s, r);
-      if (s.count[r] > cap / 2) return false;  // the band is too wide for this row
-    }
-    cand[s.count[r]] = static_cast<int32_t>(j);
-    cand_y[s.count[r]] = yj;
-    ++s.count[r];
-    if (yj < top[k - 1]) {
-      int64_t pos = k - 1;
-      while (pos > 0 && yj < top[pos - 1]) { top[pos] = top[pos - 1]; --pos; }
-      top[pos] = yj;
-      lowered = true;
-    }
+  const __m512i lane_ids = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  for (int c = 0; c < COLS; ++c) {
+    const __mmask16 m = static_cast<__mmask16>(mask >> (c * W));
+    if (!m) continue;
+    const __m512i j = _mm512_add_epi32(lane_ids, _mm512_set1_epi32(static_cast<int32_t>(first + c * W)));
+    _mm512_mask_compressstoreu_epi32(cand + s.count[r], m, j);
+    _mm512_mask_compressstoreu_epi32(cand_y + s.count[r], m, y[c]);
+    s.count[r] += __builtin_popcount(m);
   }
-  // Once per tile: the lanes above filtered against the old threshold (still a superset).
-  if (lowered) s.thr[r] = threshold_for(s, r);
+  int32_t* top = s.b.approx_top + r * k;
+  const __m512i kth = _mm512_set1_epi32(top[k - 1]);
+  uint64_t better = 0;
+  for (int c = 0; c < COLS; ++c)
+    better |= static_cast<uint64_t>(_mm512_cmplt_epi32_mask(y[c], kth)) << (c * W);
+  better &= mask;
+  if (!better) return true;
+  int32_t ys[PW];
+  for (int c = 0; c < COLS; ++c) _mm512_storeu_si512(ys + c * W, y[c]);
+  while (better) {
+    const int32_t yj = ys[__builtin_ctzll(better)];
+    better &= better - 1;
+    if (yj >= top[k - 1]) continue;
+    int64_t pos = k - 1;
+    while (pos > 0 && yj < top[pos - 1]) { top[pos] = top[pos - 1]; --pos; }
+    top[pos] = yj;
+  }
+  // Once per tile: this tile's hits were filtered with the old threshold (still a superset).
+  s.thr[r] = threshold_for(s, r);
   return true;
 }
 
