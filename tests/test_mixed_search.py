@@ -63,6 +63,21 @@ def test_auto_and_exact_modes(monkeypatch):
         assert (_C.cpu_mixed_search_stats()[0] > before) == expected, mode
 
 
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+def test_other_exact_kernels(isa, monkeypatch):
+    """The refinement reproduces the FMA kernels (avx2 gives the avx512 kernel's keys); the
+    portable kernel rounds separately, so with it the mixed path must stay off."""
+    if not _C.cpu_isa_supported(isa):
+        pytest.skip(f"{isa} not supported here")
+    before_isa = _C.cpu_isa()
+    _C.set_cpu_isa(isa)
+    try:
+        z = random_rows(1500, 40, seed=8, dtype=torch.float32)
+        assert assert_bit_identical(z, 3, monkeypatch) == (isa != "generic")
+    finally:
+        _C.set_cpu_isa(before_isa)
+
+
 def test_row_ranges_are_bit_identical(monkeypatch):
     """The distributed mode's row ranges (kl_entropy op with row_begin/row_end)."""
     z = random_rows(700, 32, seed=7, dtype=torch.float32)
