@@ -143,7 +143,7 @@ bool build_mixed_data(const float* z, int64_t n, int64_t d, int64_t k, const Par
   for (int64_t j = 0; j < n; ++j) m.reach[j] = mixed_fast_reach_offset(m.delta[j], plan.bound);
   plan.query_reach = m.reach.data();
   plan.self_offset = 0;
-  plan.capacity = 96 + 8 * k;
+  plan.capacity = 64 + 8 * k;  // legitimate lists stay far below this (about k + 5 at the end)
   plan.query_rows = z;
   plan.ref_rows = z;
   return true;
@@ -169,24 +169,20 @@ bool knn_search_mixed(const SearchArgs<float>& args, const SearchKernel<float>& 
     std::vector<int32_t> cand(static_cast<size_t>(kMixedRowBlock * plan.capacity));
     std::vector<int32_t> cand_y(cand.size());
     std::vector<int32_t> approx_top(static_cast<size_t>(kMixedRowBlock * k));
-    int failures = 0;  // consecutive blocks that fell back
-    int64_t exact_here = 0;
+    int64_t exact_here = 0;  // blocks that fell back
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t r0 = rows.begin + blk * kMixedRowBlock;
       const int64_t r1 = std::min(rows.end, r0 + kMixedRowBlock);
       float* keys = args.keys + (r0 - args.first_row) * k;
       int64_t* idx = args.idx + (r0 - args.first_row) * k;
       const MixedBlock block{r0, r1 - r0, cand.data(), cand_y.data(), approx_top.data(), keys, idx};
-      // After two failed blocks in a row the data is too clustered for the integer pass: the rest
-      // of this range goes straight to the exact kernel.
+      // After two blocks that fell back, the data is taken to be too clustered for the integer
+      // pass: the rest of this range goes straight to the exact kernel, so that such data costs
+      // at most two partial integer passes per thread over the exact search.
 #if defined(EAE_HAVE_X86_KERNELS)
-      if (failures < 2 && avx512vnni::mixed_search_block(plan, block)) {
-        failures = 0;
-        continue;
-      }
+      if (exact_here < 2 && avx512vnni::mixed_search_block(plan, block)) continue;
 #endif
       ++exact_here;
-      ++failures;
       exact.search_rows(args, r0, r1);
       stats_exact_blocks.fetch_add(1, std::memory_order_relaxed);
     }
