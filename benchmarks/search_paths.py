@@ -117,14 +117,14 @@ def compare(z: torch.Tensor, k: int, rounds: int, min_round_s: float, modes=("ex
 
 
 def run(threads: int, rounds: int = 3, min_round_s: float = 0.3, out_dir: Path | None = None,
-        sizes=SIZES, dims=DIMS, ks=KS) -> dict:
+        sizes=SIZES, dims=DIMS, ks=KS, adversarial_n: int = ADVERSARIAL_N, fma_seconds: float = 0.3) -> dict:
     from . import machine
 
     torch.set_num_threads(threads)
     ext = eae_kernels._extension._C
     if ext is None or not ext.cpu_mixed_search_supported():
         raise SystemExit("--search-paths: this CPU (or build) has no mixed search (needs AVX-512 VNNI)")
-    peak = machine.fma_peak(threads, 0.3)
+    peak = machine.fma_peak(threads, fma_seconds)
     peak_g = peak.get("measured_gfma_s")
     load = [os.getloadavg()[0]]
     rows = []
@@ -140,7 +140,7 @@ def run(threads: int, rounds: int = 3, min_round_s: float = 0.3, out_dir: Path |
                 rows.append(rec)
                 print(line(rec), flush=True)
                 load.append(os.getloadavg()[0])
-    for name, z in adversarial_inputs(ADVERSARIAL_N):
+    for name, z in adversarial_inputs(adversarial_n):
         for k in ks:
             rec = {"input": name, "N": z.shape[0], "d": z.shape[1], "k": k,
                    **compare(z, k, rounds, min_round_s, ("exact", "mixed", "auto"))}

@@ -133,3 +133,22 @@ def test_fallback_blocks_are_counted(monkeypatch):
     assert_bit_identical(z, 1, monkeypatch)
     after = _C.cpu_mixed_search_stats()
     assert after[2] > before[2]
+
+
+def test_benchmark_of_the_search_paths_runs(tmp_path):
+    """benchmarks/search_paths.py end to end on tiny inputs (python -m benchmarks.run --search-paths)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives at the repo root
+    from benchmarks import search_paths
+
+    threads = torch.get_num_threads()
+    try:
+        results = search_paths.run(1, rounds=1, min_round_s=0.0, out_dir=tmp_path, sizes=(300,), dims=(16,),
+                                   ks=(1,), adversarial_n=200, fma_seconds=0.01)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(r["bit_identical"] for r in results["rows"])
+    assert results["rows"][0]["mixed_path_taken"]
+    assert "cpu exact" in (tmp_path / "cpu-search-paths.md").read_text()
