@@ -63,6 +63,16 @@ def test_auto_and_exact_modes(monkeypatch):
         assert (_C.cpu_mixed_search_stats()[0] > before) == expected, mode
 
 
+@pytest.mark.parametrize("p,dtype", [(1.0, torch.float32), (float("inf"), torch.float32), (2.0, torch.float64)])
+def test_only_l2_float32_takes_the_mixed_path(p, dtype, monkeypatch):
+    monkeypatch.setenv("EAE_KERNELS_SEARCH", "mixed")
+    z = random_rows(1500, 40, seed=9, dtype=dtype)
+    before = _C.cpu_mixed_search_stats()[0]
+    knn_distances(z, 2, p=p, backend="cpu")
+    kl_entropy(z, k=2, p=p, backend="cpu")
+    assert _C.cpu_mixed_search_stats()[0] == before
+
+
 @pytest.mark.parametrize("isa", ["avx2", "generic"])
 def test_other_exact_kernels(isa, monkeypatch):
     """The refinement reproduces the FMA kernels (avx2 gives the avx512 kernel's keys); the
