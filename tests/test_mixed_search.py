@@ -162,3 +162,17 @@ def test_benchmark_of_the_search_paths_runs(tmp_path):
     assert all(r["bit_identical"] for r in results["rows"])
     assert results["rows"][0]["mixed_path_taken"]
     assert "cpu exact" in (tmp_path / "cpu-search-paths.md").read_text()
+
+
+def test_outliers_are_set_aside(monkeypatch):
+    """A few far outlier rows do not set the quantisation step: the integer pass still runs (no
+    block falls back), the outliers are re-measured by every row and searched exactly."""
+    z = random_rows(1200, 32, seed=20, dtype=torch.float32)
+    z[5] = 1e6
+    z[700, 3] = -3e4
+    z[701] = z[700]  # an outlier with a duplicate
+    before = _C.cpu_mixed_search_stats()
+    for k in (1, 3):
+        assert assert_bit_identical(z, k, monkeypatch)
+    after = _C.cpu_mixed_search_stats()
+    assert after[1] > before[1] and after[2] == before[2]

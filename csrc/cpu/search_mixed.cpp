@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <atomic>
 #include <vector>
@@ -42,6 +43,8 @@ namespace {
 bool auto_prefers_mixed(int64_t n, int64_t d) { return d >= 16 && n >= 1024 && n * d >= 65536; }
 
 constexpr int64_t kMaxMixedDim = 16384;  // keeps every int32 sum of the kernel in range
+constexpr int64_t kMaxWild = 16;         // at most this many outlier rows are set aside
+constexpr double kWildGap = 4.0;         // an outlier's largest |z - mu| exceeds 4x the others'
 
 std::atomic<int64_t> stats_calls{0}, stats_mixed_blocks{0}, stats_exact_blocks{0};
 
@@ -78,14 +81,32 @@ bool build_mixed_data(const float* z, int64_t n, int64_t d, int64_t k, const Par
   // All rows equal: nothing to prune. Keys that could overflow float (|z_i - z_j| <= 2 x_max):
   // the exact kernel's inf keys and their ties are left to it.
   if (!(x_max > 0) || !(static_cast<double>(d) * 4.0 * x_max * x_max < 0x1p126)) return false;
+
+  // A few far outliers would set the step for everyone and widen every row's band. Rows beyond
+  // kWildGap x the (kMaxWild + 1)-th largest row maximum are "wild": the step is set without them,
+  // they never enter the integer pass as columns (every row re-measures them exactly instead),
+  // and as query rows they are searched by the exact kernel.
+  double x_scale = x_max;
+  const int64_t max_wild = std::min<int64_t>(kMaxWild, (n - k - 2) / 2);
+  if (max_wild > 0) {
+    std::vector<double> top(row_max);
+    std::nth_element(top.begin(), top.begin() + max_wild, top.end(), std::greater<double>());
+    if (top[max_wild] > 0 && x_max > kWildGap * top[max_wild]) x_scale = kWildGap * top[max_wild];
+  }
+  MixedData& m = *out;
+  m.wild.clear();
+  if (x_scale < x_max)
+    for (int64_t j = 0; j < n; ++j)
+      if (row_max[j] > x_scale) m.wild.push_back(static_cast<int32_t>(j));
+
   // |q| <= qmax keeps |I_ij| <= 4 d qmax^2 and every partial sum of the kernel within int32.
   const double qmax = std::min(32767.0, std::floor(std::sqrt(2147483647.0 / (4.0 * d))));
-  // The step, a float rounded up, so that |x / alpha| <= qmax and alpha * q is exact in double.
-  const double alpha = std::nextafter(static_cast<float>(x_max / qmax), INFINITY);
+  // The step, a float rounded up, so that |x / alpha| <= qmax (wild rows: clamped) and alpha * q
+  // is exact in double.
+  const double alpha = std::nextafter(static_cast<float>(x_scale / qmax), INFINITY);
   const double inv_alpha = 1.0 / alpha;
 
   // Quantise, measure each row's error, pack the panels and the query rows.
-  MixedData& m = *out;
   const int64_t num_panels = (n + kMixedPanel - 1) / kMixedPanel;
   m.panels.assign(static_cast<size_t>(num_panels * kMixedPanel * d2), 0);
   m.ref_norm.assign(static_cast<size_t>(num_panels * kMixedPanel),
@@ -134,14 +155,33 @@ bool build_mixed_data(const float* z, int64_t n, int64_t d, int64_t k, const Par
   plan.query_q = m.q.data();
   plan.query_norm = m.norm.data();
   plan.query_delta = m.delta.data();
+  // Wild columns: zero in the panels and masked out of the integer pass; their own errors are
+  // left out of delta_max (their pairs are always re-measured).
+  m.live.assign(static_cast<size_t>(num_panels), ~uint64_t{0});
+  if (n % kMixedPanel) m.live[num_panels - 1] = (uint64_t{1} << (n % kMixedPanel)) - 1;
+  m.is_wild.assign(static_cast<size_t>(n), 0);
+  for (const int32_t j : m.wild) {
+    m.is_wild[j] = 1;
+    m.live[j / kMixedPanel] &= ~(uint64_t{1} << (j % kMixedPanel));
+    m.ref_norm[j] = std::numeric_limits<int32_t>::max();
+    int16_t* col = m.panels.data() + (j / kMixedPanel) * kMixedPanel * d2 + (j % kMixedPanel) * 2;
+    for (int64_t c = 0; c < d; ++c) col[(c / 2) * kMixedPanel * 2 + (c % 2)] = 0;
+  }
+  double delta_max = 0;
+  for (int64_t j = 0; j < n; ++j)
+    if (!m.is_wild[j]) delta_max = std::max(delta_max, m.delta[j]);
   plan.bound.alpha = alpha;
-  plan.bound.delta_max = *std::max_element(m.delta.begin(), m.delta.end());
+  plan.bound.delta_max = delta_max;
   plan.bound.grow = 1.0 / (1.0 - d_plus_2_u) * kBoundMargin;  // (1 + u)^m <= 1 / (1 - m u)
   plan.bound.shrink = (1.0 - d_plus_2_u) / kBoundMargin;      // (1 - u)^m >= 1 - m u
   plan.bound.underflow = static_cast<double>(d) * 0x1p-149;
   plan.reach_slope = mixed_fast_reach_slope(plan.bound);
   for (int64_t j = 0; j < n; ++j) m.reach[j] = mixed_fast_reach_offset(m.delta[j], plan.bound);
   plan.query_reach = m.reach.data();
+  plan.ref_live = m.live.data();
+  plan.ref_wild = m.wild.data();
+  plan.num_wild = static_cast<int64_t>(m.wild.size());
+  plan.query_wild = m.is_wild.data();
   plan.self_offset = 0;
   plan.capacity = 64 + 8 * k;  // legitimate lists stay far below this (about k + 5 at the end)
   plan.query_rows = z;
@@ -180,7 +220,11 @@ bool knn_search_mixed(const SearchArgs<float>& args, const SearchKernel<float>& 
       // pass: the rest of this range goes straight to the exact kernel, so that such data costs
       // at most two partial integer passes per thread over the exact search.
 #if defined(EAE_HAVE_X86_KERNELS)
-      if (exact_here < 2 && avx512vnni::mixed_search_block(plan, block)) continue;
+      if (exact_here < 2 && avx512vnni::mixed_search_block(plan, block)) {
+        for (int64_t i = r0; i < r1; ++i)  // outlier query rows (skipped by the integer pass)
+          if (plan.query_wild[i]) exact.search_rows(args, i, i + 1);
+        continue;
+      }
 #endif
       ++exact_here;
       exact.search_rows(args, r0, r1);

@@ -28,8 +28,10 @@
 //
 // All bound arithmetic is done in double with a relative safety margin that exceeds the
 // accumulated double rounding of the few operations involved (each at most 2^-53).
-// A row block whose candidate lists overflow (near-duplicates, clusters much tighter than the
-// quantisation step) is searched again by the exact kernel; see search_mixed.cpp.
+// A few far outlier rows ("wild" rows) are set aside: the step is chosen without them, every row
+// re-measures them exactly, and they are searched by the exact kernel. A row block whose
+// candidate lists overflow (near-duplicates, clusters much tighter than the quantisation step)
+// is searched again by the exact kernel; see search_mixed.cpp.
 #pragma once
 
 #include <cmath>
@@ -107,6 +109,10 @@ struct MixedPlan {
   const int32_t* query_norm;  // [query] |q_i|^2
   const double* query_delta;  // [query] delta_i
   const double* query_reach;  // [query] mixed_fast_reach_offset(delta_i)
+  const uint8_t* query_wild;  // [query] 1: an outlier row, left to the exact kernel by the caller
+  const uint64_t* ref_live;   // [panel] bit w set when column panel * kMixedPanel + w takes part
+  const int32_t* ref_wild;    // [num_wild] outlier reference rows, re-measured for every row
+  int64_t num_wild;
   MixedBound bound;
   double reach_slope;         // mixed_fast_reach_slope
   int64_t self_offset;
@@ -157,8 +163,10 @@ bool knn_search_mixed(const SearchArgs<float>& args, const SearchKernel<float>& 
 // them; exposed for the bound's test.
 struct MixedData {
   std::vector<int16_t> panels, q;
-  std::vector<int32_t> ref_norm, norm;
+  std::vector<int32_t> ref_norm, norm, wild;
   std::vector<double> delta, reach;
+  std::vector<uint64_t> live;
+  std::vector<uint8_t> is_wild;
   MixedPlan plan;
 };
 // Centres and quantises z (n, d) and fills *out (plan.self_offset = 0: z against itself); false

@@ -43,6 +43,7 @@ constexpr int W = 16, COLS = 3, PW = W * COLS;
 constexpr int ROWS = 8;
 static_assert(PW == kMixedPanel, "panel width");
 constexpr int32_t kNoThreshold = 2147483647;  // every lane is a candidate
+constexpr int32_t kNoCandidate = -2147483647 - 1;  // below every y (|y| < 2^31 - 1)
 
 // The per-row state of one block.
 struct Rows {
@@ -91,7 +92,7 @@ bool add_candidates(Rows& s, int64_t r, int64_t panel, const __m512i* y, uint64_
   const MixedPlan& p = s.p;
   const int64_t k = p.k, cap = p.capacity;
   const int64_t first = panel * PW;
-  if (first + PW > p.n_ref) mask &= (uint64_t{1} << (p.n_ref - first)) - 1;  // padding columns
+  mask &= p.ref_live[panel];  // padding and outlier columns never take part
   const int64_t self = p.self_offset >= 0 ? s.b.first_query + r + p.self_offset - first : -1;
   if (self >= 0 && self < PW) mask &= ~(uint64_t{1} << self);
   if (!mask) return true;
@@ -198,7 +199,8 @@ void refine(const MixedPlan& p, const MixedBlock& b, int64_t r, const int32_t* c
 bool mixed_search_block(const MixedPlan& p, const MixedBlock& b) {
   Rows s{p, b, {}, {}};
   for (int64_t r = 0; r < b.count; ++r) {
-    s.thr[r] = kNoThreshold;
+    // An outlier query row takes no candidates (no y is that low): the caller searches it.
+    s.thr[r] = p.query_wild[b.first_query + r] ? kNoCandidate : kNoThreshold;
     s.count[r] = 0;
     for (int64_t e = 0; e < p.k; ++e) b.approx_top[r * p.k + e] = kNoThreshold;
   }
@@ -211,8 +213,15 @@ bool mixed_search_block(const MixedPlan& p, const MixedBlock& b) {
       if (!tile<1>(s, r0, panel)) return false;
   }
   for (int64_t r = 0; r < b.count; ++r) {
+    if (p.query_wild[b.first_query + r]) continue;  // the caller searches it exactly
     s.count[r] = compact(s, r);  // the final threshold
     refine(p, b, r, b.cand + r * p.capacity, s.count[r]);
+    // Outlier columns (never candidates above) are re-measured for every row, self excluded.
+    const int64_t self = p.self_offset >= 0 ? b.first_query + r + p.self_offset : -1;
+    int64_t m = 0;
+    for (int64_t w = 0; w < p.num_wild; ++w)
+      if (p.ref_wild[w] != self) b.cand[r * p.capacity + m++] = p.ref_wild[w];
+    refine(p, b, r, b.cand + r * p.capacity, m);
   }
   return true;
 }
