@@ -60,14 +60,18 @@ bool build_mixed_data(const float* z, int64_t n, int64_t d, int64_t k, const Par
   const int64_t d2 = (d + 1) / 2 * 2;
   if (d > kMaxMixedDim || n * d2 >= (int64_t{1} << 31)) return false;
 
-  // Centre: any fixed vector works (distances are translation-invariant); the mean of a strided
-  // sample is enough to keep the quantisation step small under large offsets.
-  std::vector<double> mu(static_cast<size_t>(d), 0.0);
-  const int64_t stride = std::max<int64_t>(1, n / 256);
-  int64_t sampled = 0;
-  for (int64_t j = 0; j < n; j += stride, ++sampled)
-    for (int64_t c = 0; c < d; ++c) mu[c] += z[j * d + c];
-  for (double& v : mu) v /= static_cast<double>(sampled);
+  // Centre: any fixed vector works (distances are translation-invariant). The coordinate-wise
+  // median of a strided sample keeps the step small under large offsets and is not dragged
+  // away by a few outliers (which the mean would be).
+  std::vector<double> mu(static_cast<size_t>(d));
+  const int64_t stride = std::max<int64_t>(1, n / 255);
+  std::vector<double> sample;
+  for (int64_t c = 0; c < d; ++c) {
+    sample.clear();
+    for (int64_t j = 0; j < n; j += stride) sample.push_back(z[j * d + c]);
+    std::nth_element(sample.begin(), sample.begin() + sample.size() / 2, sample.end());
+    mu[c] = sample[sample.size() / 2];
+  }
 
   std::vector<double> row_max(static_cast<size_t>(n));
   pfor(n, std::max<int64_t>(1, (int64_t{1} << 16) / d), [&](int64_t begin, int64_t end) {
