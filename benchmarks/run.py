@@ -506,6 +506,8 @@ def parse_args(argv=None) -> tuple:
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="default: benchmarks/results")
     p.add_argument("--name", help="output file stem (default: the device, '-quick' for --quick)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--search-paths", action="store_true",
+                   help="instead of the sweep: the CPU's exact vs mixed neighbour search (benchmarks/search_paths.py)")
     args = p.parse_args(argv)
     for flag in ("sizes", "dims", "ks"):
         values = getattr(args, flag) or []
@@ -552,6 +554,8 @@ def main(argv=None) -> int:
     if args.threads:  # before torch starts its thread pools
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     settings = settings_from_args(args)
+    if args.search_paths:
+        return run_search_paths(settings, args)
     command = "python -m benchmarks.run" + "".join(" " + a for a in (sys.argv[1:] if argv is None else argv))
     results = run_sweep(settings, command=command)
     stem = args.name or (settings.device + ("-quick" if settings.quick else ""))
@@ -572,6 +576,16 @@ def main(argv=None) -> int:
             print(f"  {r['method']} N={r['N']} d={r['d']} k={r['k']}: {r['check']['detail']}")
     print(f"\nWrote {', '.join(str(p) for p in paths.values())} in {results['duration_s'] / 60:.1f} min")
     return 1 if failed else 0
+
+
+def run_search_paths(settings: Settings, args) -> int:
+    """Rows "cpu exact" and "cpu mixed" (EAE_KERNELS_SEARCH) measured alternately in one run."""
+    from . import search_paths
+
+    kwargs = {key: tuple(getattr(args, key)) for key in ("sizes", "dims", "ks") if getattr(args, key)}
+    results = search_paths.run(settings.threads, out_dir=args.out_dir, **kwargs)
+    print("\n".join(search_paths.markdown(results)))
+    return 0 if all(r["bit_identical"] for r in results["rows"]) else 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@
 
 #include "bindings.h"
 #include "cpu/kl_cpu.h"
+#include "cpu/search_mixed.h"
 
 namespace eae {
 
@@ -115,5 +116,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                 "' is unknown or not supported by this CPU (known: avx512, avx2, generic)");
   }, "Force the CPU search kernel's instruction set.");
   m.def("cpu_isa_supported", [](const std::string& name) { return eae::cpu::isa_supported(name.c_str()); });
+  m.def("cpu_mixed_search_supported", [] { return eae::cpu::mixed_search_supported(); },
+        "Whether this CPU can run the certified integer neighbour search (EAE_KERNELS_SEARCH).");
+  m.def("cpu_mixed_search_stats", [] {
+    const eae::cpu::MixedStats s = eae::cpu::mixed_search_stats();
+    return std::make_tuple(s.calls, s.mixed_blocks, s.exact_blocks);
+  }, "(calls, row blocks by the integer pass, row blocks by the exact fallback) since start-up.");
   m.attr("with_cuda") = EAE_WITH_CUDA != 0;
 }

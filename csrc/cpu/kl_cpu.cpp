@@ -7,9 +7,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "search.h"
+#include "search_mixed.h"
 
 namespace eae {
 namespace cpu {
@@ -137,6 +139,10 @@ void knn_search(const T* z, int64_t n, int64_t d, int64_t k, Norm norm, RowRange
   std::fill(idx, idx + m * k, n);  // empty slot: (+inf, n)
 
   const SearchArgs<T> args{z, panels.data(), finite.data(), n, d, k, norm, rows.begin, keys, idx};
+  // L2 in float: the certified integer search with exact refinement, when wanted and applicable
+  // (same keys and indices; it runs this kernel itself on row blocks it cannot prune).
+  if constexpr (std::is_same<T, float>::value)
+    if (knn_search_mixed(args, *kernel, rows, pfor)) return;
   pfor(m, grain_for(n * d, kMinSearchWork), [&](int64_t begin, int64_t end) {
     kernel->search_rows(args, rows.begin + begin, rows.begin + end);
   });

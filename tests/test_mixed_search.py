@@ -1,0 +1,178 @@
+"""The certified integer neighbour search (EAE_KERNELS_SEARCH=mixed) against the exact search:
+neighbours, distances, H and its gradient must be bit-identical, ties included, on the usual grid
+and on inputs built to defeat the pruning (duplicates, clusters tighter than the quantisation
+step, huge offsets, values near the float range limits, d = 1)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eae_kernels import _extension, kl_entropy, knn_distances
+
+from conftest import HALF_DTYPES, integer_rows, random_rows
+
+_C = _extension._C
+pytestmark = pytest.mark.skipif(
+    _C is None or not _C.cpu_mixed_search_supported(),
+    reason="the mixed search needs the CPU extension and a CPU with AVX-512 VNNI",
+)
+
+
+def run(z: torch.Tensor, k: int, mode: str, monkeypatch) -> tuple[torch.Tensor, ...]:
+    """(H, dH/dz, distances, indices) with the search forced to `mode`."""
+    monkeypatch.setenv("EAE_KERNELS_SEARCH", mode)
+    zz = z.clone().requires_grad_(True)
+    h = kl_entropy(zz, k=k, backend="cpu")
+    (grad,) = torch.autograd.grad(h, zz)
+    dist, idx = knn_distances(z, k, backend="cpu")
+    return h.detach(), grad, dist, idx
+
+
+def assert_bit_identical(z: torch.Tensor, k: int, monkeypatch) -> bool:
+    """Checks mixed == exact bit for bit; returns whether the mixed path actually ran."""
+    exact = run(z, k, "exact", monkeypatch)
+    calls_before = _C.cpu_mixed_search_stats()[0]
+    mixed = run(z, k, "mixed", monkeypatch)
+    ran = _C.cpu_mixed_search_stats()[0] > calls_before
+    for name, a, b in zip(("H", "grad", "dist", "idx"), exact, mixed):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        nan = torch.isnan(a) if a.is_floating_point() else torch.zeros_like(a, dtype=torch.bool)
+        assert torch.equal(nan, torch.isnan(b) if b.is_floating_point() else nan), f"{name}: NaNs differ"
+        assert torch.equal(a[~nan], b[~nan]), f"{name} differs"
+    return ran
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF_DTYPES], ids=str)
+@pytest.mark.parametrize("n", [2, 3, 17, 100, 1000])
+@pytest.mark.parametrize("d", [1, 3, 16, 64, 200])
+def test_grid_is_bit_identical(n, d, dtype, monkeypatch):
+    z = random_rows(n, d, seed=1000 * n + d, dtype=torch.float32).to(dtype)
+    for k in (1, 2, 5):
+        if k < n:
+            assert assert_bit_identical(z, k, monkeypatch), "the mixed path did not run"
+
+
+def test_auto_and_exact_modes(monkeypatch):
+    """`exact` never takes the mixed path; `auto` takes it at a size past the crossover."""
+    z = random_rows(2048, 64, seed=5, dtype=torch.float32)
+    for mode, expected in (("exact", False), ("auto", True)):
+        monkeypatch.setenv("EAE_KERNELS_SEARCH", mode)
+        before = _C.cpu_mixed_search_stats()[0]
+        knn_distances(z, 1, backend="cpu")
+        assert (_C.cpu_mixed_search_stats()[0] > before) == expected, mode
+
+
+@pytest.mark.parametrize("p,dtype", [(1.0, torch.float32), (float("inf"), torch.float32), (2.0, torch.float64)])
+def test_only_l2_float32_takes_the_mixed_path(p, dtype, monkeypatch):
+    monkeypatch.setenv("EAE_KERNELS_SEARCH", "mixed")
+    z = random_rows(1500, 40, seed=9, dtype=dtype)
+    before = _C.cpu_mixed_search_stats()[0]
+    knn_distances(z, 2, p=p, backend="cpu")
+    kl_entropy(z, k=2, p=p, backend="cpu")
+    assert _C.cpu_mixed_search_stats()[0] == before
+
+
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+def test_other_exact_kernels(isa, monkeypatch):
+    """The refinement reproduces the FMA kernels (avx2 gives the avx512 kernel's keys); the
+    portable kernel rounds separately, so with it the mixed path must stay off."""
+    if not _C.cpu_isa_supported(isa):
+        pytest.skip(f"{isa} not supported here")
+    before_isa = _C.cpu_isa()
+    _C.set_cpu_isa(isa)
+    try:
+        z = random_rows(1500, 40, seed=8, dtype=torch.float32)
+        assert assert_bit_identical(z, 3, monkeypatch) == (isa != "generic")
+    finally:
+        _C.set_cpu_isa(before_isa)
+
+
+def test_row_ranges_are_bit_identical(monkeypatch):
+    """The distributed mode's row ranges (kl_entropy op with row_begin/row_end)."""
+    z = random_rows(700, 32, seed=7, dtype=torch.float32)
+    out = {}
+    for mode in ("exact", "mixed"):
+        monkeypatch.setenv("EAE_KERNELS_SEARCH", mode)
+        out[mode] = torch.ops.eae_kernels.kl_entropy(z, 3, 2.0, 1e-8, True, False, 150, 533)
+    for a, b in zip(out["exact"], out["mixed"]):
+        assert torch.equal(a, b)
+
+
+def clustered(n, d, clusters, spread, seed):
+    g = torch.Generator().manual_seed(seed)
+    centres = 10 * torch.randn(clusters, d, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, clusters, (n,), generator=g)
+    return (centres[labels] + spread * torch.randn(n, d, generator=g, dtype=torch.float64)).float()
+
+
+def adversarial_inputs():
+    """(name, z) pairs built to widen the candidate band or to break a careless bound."""
+    z = random_rows(600, 24, seed=11, dtype=torch.float32)
+    half = random_rows(300, 24, seed=12, dtype=torch.float32)
+    yield "all rows equal", torch.full((300, 16), 0.375)
+    yield "pairs of duplicates", torch.cat([half, half])[torch.randperm(600, generator=torch.Generator().manual_seed(1))]
+    yield "near-duplicates", torch.cat([half, half + 1e-6 * torch.randn(300, 24, generator=torch.Generator().manual_seed(2))])
+    yield "z + 1e4", z + 1e4
+    yield "z * 1e4 + 1e7", z * 1e4 + 1e7
+    yield "near the float max", z * 1e18
+    yield "large enough to overflow keys", z * 3e18
+    yield "tiny (subnormal differences)", z * 1e-41
+    yield "tiny (underflowing squares)", z * 1e-22
+    yield "d = 1", random_rows(2000, 1, seed=13, dtype=torch.float32)
+    yield "d = 1 integers", integer_rows(500, 1, seed=14, low=-50, high=50).float()
+    yield "integer rows (exact ties)", integer_rows(800, 4, seed=15).float()
+    yield "clusters, spread 1e-6", clustered(1500, 32, 10, 1e-6, seed=16)
+    yield "clusters, spread 1e-3", clustered(1500, 64, 20, 1e-3, seed=17)
+    yield "one far outlier", torch.cat([z, torch.full((1, 24), 1e6)])
+    yield "heavy tails", (random_rows(800, 48, seed=18) ** 5).float()
+    yield "nan row", torch.cat([z[:99], torch.full((1, 24), float("nan"))])
+
+
+@pytest.mark.parametrize("name,z", list(adversarial_inputs()), ids=lambda v: v if isinstance(v, str) else "")
+def test_adversarial_inputs_are_bit_identical(name, z, monkeypatch):
+    for k in (1, 5):
+        assert_bit_identical(z, k, monkeypatch)
+
+
+def test_fallback_blocks_are_counted(monkeypatch):
+    """Clusters much tighter than the quantisation step cannot be pruned: blocks fall back to the
+    exact kernel (and the result is still identical, see above)."""
+    z = clustered(1000, 16, 4, 1e-7, seed=19)
+    before = _C.cpu_mixed_search_stats()
+    assert_bit_identical(z, 1, monkeypatch)
+    after = _C.cpu_mixed_search_stats()
+    assert after[2] > before[2]
+
+
+def test_benchmark_of_the_search_paths_runs(tmp_path):
+    """benchmarks/search_paths.py end to end on tiny inputs (python -m benchmarks.run --search-paths)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` lives at the repo root
+    from benchmarks import search_paths
+
+    threads = torch.get_num_threads()
+    try:
+        results = search_paths.run(1, rounds=1, min_round_s=0.0, out_dir=tmp_path, sizes=(300,), dims=(16,),
+                                   ks=(1,), adversarial_n=200, fma_seconds=0.01)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(r["bit_identical"] for r in results["rows"])
+    assert results["rows"][0]["mixed_path_taken"]
+    assert "cpu exact" in (tmp_path / "cpu-search-paths.md").read_text()
+
+
+def test_outliers_are_set_aside(monkeypatch):
+    """A few far outlier rows do not set the quantisation step: the integer pass still runs (no
+    block falls back), the outliers are re-measured by every row and searched exactly."""
+    z = random_rows(1200, 32, seed=20, dtype=torch.float32)
+    z[5] = 1e6
+    z[700, 3] = -3e4
+    z[701] = z[700]  # an outlier with a duplicate
+    before = _C.cpu_mixed_search_stats()
+    for k in (1, 3):
+        assert assert_bit_identical(z, k, monkeypatch)
+    after = _C.cpu_mixed_search_stats()
+    assert after[1] > before[1] and after[2] == before[2]
