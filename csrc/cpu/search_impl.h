@@ -4,7 +4,8 @@
 // (see search_avx512.cpp). It must not instantiate standard-library templates: an inline
 // function compiled for AVX-512 could otherwise be picked by the linker for generic callers.
 //
-// Work mapping. Every row i needs the k smallest distances to the other rows. The rows are
+// Work mapping. Every query row i needs the k smallest distances to the reference rows (the other
+// rows of its own set in the self case, see SearchArgs). The query rows are
 // processed in blocks of kRowBlock rows (one thread owns a range of blocks). For each block, the
 // kernel streams the packed column panels (PW = SIMD width x COLS columns, all d coordinates,
 // see kl_cpu.cpp) and computes a ROWS x PW tile of distances held entirely in SIMD registers:
@@ -156,7 +157,7 @@ EAE_HD void row_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64_t pan
   using R = typename V::R;
   constexpr int W = V::W, CC = V::COLS, PW = V::W * V::COLS;
   const int64_t d = a.d;
-  const T* rows = a.rows + i0 * d;
+  const T* rows = a.queries + i0 * d;
   const T* panel = a.panels + panel_index * d * PW;
 
   R acc[RR][CC];
@@ -195,8 +196,8 @@ EAE_HD void row_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64_t pan
       const int lane = __builtin_ctzll(mask);
       mask &= mask - 1;
       const int64_t j = panel_index * PW + lane;
-      if (j >= a.n || j == i) continue;
-      const T key = (a.finite[i] && a.finite[j]) ? tile[lane] : T(NAN);
+      if (j >= a.n || (j == i && a.exclude_self)) continue;
+      const T key = (a.query_finite[i] && a.finite[j]) ? tile[lane] : T(NAN);
       if (topk_insert(keys, idx, a.k, key, j)) {
         thr[r] = candidate_threshold(keys, idx, a.k, a.n);
         mask &= candidate_lanes<V>(acc[r], thr[r]);
