@@ -13,16 +13,16 @@ from eae_kernels import KLEntropy, kl_entropy, knn_distances, reference
 GOOD = torch.randn(10, 3)
 
 BAD_CALLS = [
-    # (description, call, exception, words the message must contain)
-    ("1-D input", lambda f: f(torch.randn(10)), ValueError, ["z", "2-D", "(N, d)"]),
-    ("3-D input", lambda f: f(torch.randn(2, 10, 3)), ValueError, ["z", "2-D"]),
+    # (description, call, exception, words the message must contain; {name}: the input's name)
+    ("1-D input", lambda f: f(torch.randn(10)), ValueError, ["{name}", "2-D", "(N, d)"]),
+    ("4-D input", lambda f: f(torch.randn(2, 2, 10, 3)), ValueError, ["{name}", "2-D", "3-D"]),
     ("N <= k", lambda f: f(torch.randn(3, 2), k=3), ValueError, ["N=3", "k=3", "N > k"]),
     ("N = 1", lambda f: f(torch.randn(1, 2)), ValueError, ["N=1", "N > k"]),
-    ("d = 0", lambda f: f(torch.randn(10, 0)), ValueError, ["z", "d >= 1"]),
-    ("int dtype", lambda f: f(torch.ones(10, 3, dtype=torch.int64)), TypeError, ["z", "float32", "int64"]),
-    ("bool dtype", lambda f: f(torch.ones(10, 3, dtype=torch.bool)), TypeError, ["z", "torch.bool"]),
-    ("complex dtype", lambda f: f(torch.ones(10, 3, dtype=torch.complex64)), TypeError, ["z", "complex64"]),
-    ("not a tensor", lambda f: f([[0.0, 1.0], [1.0, 2.0]]), TypeError, ["z", "torch.Tensor", "list"]),
+    ("d = 0", lambda f: f(torch.randn(10, 0)), ValueError, ["{name}", "d >= 1"]),
+    ("int dtype", lambda f: f(torch.ones(10, 3, dtype=torch.int64)), TypeError, ["{name}", "float32", "int64"]),
+    ("bool dtype", lambda f: f(torch.ones(10, 3, dtype=torch.bool)), TypeError, ["{name}", "torch.bool"]),
+    ("complex dtype", lambda f: f(torch.ones(10, 3, dtype=torch.complex64)), TypeError, ["{name}", "complex64"]),
+    ("not a tensor", lambda f: f([[0.0, 1.0], [1.0, 2.0]]), TypeError, ["{name}", "torch.Tensor", "list"]),
     ("k = 0", lambda f: f(GOOD, k=0), ValueError, ["k", ">= 1"]),
     ("k < 0", lambda f: f(GOOD, k=-2), ValueError, ["k", ">= 1"]),
     ("k float", lambda f: f(GOOD, k=1.5), TypeError, ["k", "int"]),
@@ -61,7 +61,9 @@ def _check(call, fn, exc, words):
     with pytest.raises(exc) as info:
         call(fn)
     message = str(info.value)
+    name = "x" if fn is _knn else "z"  # knn_distances(x, y=None, k, ...)
     for word in words:
+        word = word.replace("{name}", name)
         assert word in message, f"{word!r} not in {message!r}"
 
 
