@@ -30,33 +30,64 @@ using torch::autograd::variable_list;
 // <v, d(dh/dz)/dz>. Row i = row_begin + r contributes (d/N) w(r_i) dr_i/du to dh/dz_i and the
 // negative to its neighbour, u = z_i - z_{nbr_r}; so <v, .> contributes (d/N) <a, w(r) dr/du>
 // with a = v_i - v_{nbr_r}, whose gradient in u is formed for each norm below.
+// Gradient in u = z_i - z_{nbr_i} of <a, w(r) dr/du>, a = v_i - v_{nbr_i}, for each norm; rows
+// along dim 0 ... -2, coordinates along the last dim. scale: (d / N) per row (broadcast).
+at::Tensor hvp_of_difference(const at::Tensor& u, const at::Tensor& a, const at::Tensor& scale, double p,
+                             double eps) {
+  const double e2 = eps * eps;
+  if (p == 2.0) {  // w dr/du = u / (|u|^2 + e2)
+    const at::Tensor q = (u * u).sum(-1, true) + e2;
+    return scale * (a / q - 2.0 * u * ((a * u).sum(-1, true) / (q * q)));
+  }
+  if (p == 1.0) {  // w dr/du = r / (r^2 + e2) sign(u), r = |u|_1
+    const at::Tensor r = u.abs().sum(-1, true);
+    const at::Tensor sign = u.sign();
+    const at::Tensor dw = (e2 - r * r) / (r * r + e2).pow(2);
+    return scale * dw * (a * sign).sum(-1, true) * sign;
+  }
+  // inf: w dr/du = r / (r^2 + e2) sign(u_m) e_m, m = the lowest arg-max of |u|
+  const at::Tensor m = u.abs().argmax(-1, true);
+  const at::Tensor u_m = u.gather(-1, m);
+  const at::Tensor r = u_m.abs();
+  const at::Tensor dw = (e2 - r * r) / (r * r + e2).pow(2);
+  return at::zeros_like(u).scatter(-1, m, scale * dw * a.gather(-1, m) * u_m.sign().pow(2));
+}
+
+// <v, d(dh/dz)/dz>. Row i = row_begin + r contributes (d/N) w(r_i) dr_i/du to dh/dz_i and the
+// negative to its neighbour, u = z_i - z_{nbr_r}; so <v, .> contributes (d/N) <a, w(r) dr/du>
+// with a = v_i - v_{nbr_r}, whose gradient in u is hvp_of_difference.
 at::Tensor kl_entropy_hvp(const at::Tensor& z_in, const at::Tensor& nbr, const at::Tensor& v_in,
                           double p, double eps, int64_t row_begin) {
   const auto dtype = accumulation_type(z_in.scalar_type());
   const at::Tensor z = z_in.to(dtype), v = v_in.to(dtype);
   const int64_t n = z.size(0), d = z.size(1);
-  const double scale = static_cast<double>(d) / static_cast<double>(n);
-  const double e2 = eps * eps;
+  const at::Tensor scale = at::scalar_tensor(static_cast<double>(d) / static_cast<double>(n), z.options());
   const at::Tensor rows = at::arange(row_begin, row_begin + nbr.size(0), nbr.options());
   const at::Tensor u = z.index_select(0, rows) - z.index_select(0, nbr);
   const at::Tensor a = v.index_select(0, rows) - v.index_select(0, nbr);
-  at::Tensor grad_u;
-  if (p == 2.0) {  // w dr/du = u / (|u|^2 + e2)
-    const at::Tensor q = (u * u).sum(1, true) + e2;
-    grad_u = scale * (a / q - 2.0 * u * ((a * u).sum(1, true) / (q * q)));
-  } else if (p == 1.0) {  // w dr/du = r / (r^2 + e2) sign(u), r = |u|_1
-    const at::Tensor r = u.abs().sum(1, true);
-    const at::Tensor sign = u.sign();
-    const at::Tensor dw = (e2 - r * r) / (r * r + e2).pow(2);
-    grad_u = scale * dw * (a * sign).sum(1, true) * sign;
-  } else {  // inf: w dr/du = r / (r^2 + e2) sign(u_m) e_m, m = the lowest arg-max of |u|
-    const at::Tensor m = u.abs().argmax(1, true);
-    const at::Tensor u_m = u.gather(1, m);
-    const at::Tensor r = u_m.abs();
-    const at::Tensor dw = (e2 - r * r) / (r * r + e2).pow(2);
-    grad_u = at::zeros_like(u).scatter(1, m, scale * dw * a.gather(1, m) * u_m.sign().pow(2));
-  }
+  const at::Tensor grad_u = hvp_of_difference(u, a, scale, p, eps);
   return at::zeros_like(z).index_add(0, rows, grad_u).index_add(0, nbr, -grad_u).to(z_in.scalar_type());
+}
+
+// kl_entropy_hvp on each set of a batch: z, v (B, M, d), nbr (B, M) with -1 for padded rows (a
+// set's N is its number of valid rows, so no lengths are needed and no shape depends on data).
+at::Tensor kl_entropy_sets_hvp(const at::Tensor& z_in, const at::Tensor& nbr, const at::Tensor& v_in,
+                               double p, double eps) {
+  const auto dtype = accumulation_type(z_in.scalar_type());
+  const at::Tensor z = z_in.to(dtype), v = v_in.to(dtype);
+  const int64_t sets = z.size(0), m = z.size(1), d = z.size(2);
+  const at::Tensor valid = nbr >= 0;
+  const at::Tensor rows = valid.sum(1, true).to(dtype).unsqueeze(-1);  // (B, 1, 1)
+  const at::Tensor scale = at::where(rows > 0, static_cast<double>(d) / rows, at::zeros_like(rows));
+  const at::Tensor offsets = at::arange(sets, nbr.options()).mul(m).unsqueeze(1);
+  const at::Tensor flat = at::where(valid, nbr + offsets, offsets).reshape(-1);
+  const at::Tensor z_flat = z.reshape({sets * m, d}), v_flat = v.reshape({sets * m, d});
+  const at::Tensor u = z - z_flat.index_select(0, flat).view({sets, m, d});
+  const at::Tensor a = v - v_flat.index_select(0, flat).view({sets, m, d});
+  const at::Tensor grad_u = hvp_of_difference(u, a, scale, p, eps) * valid.unsqueeze(-1);
+  return (grad_u.reshape({sets * m, d}).index_add(0, flat, -grad_u.reshape({sets * m, d})))
+      .view({sets, m, d})
+      .to(z_in.scalar_type());
 }
 
 // d/dz of sum(grad_dist * dist): +g u on row i and -g u on row idx[i, m], u = d dist / d z_i,
@@ -77,20 +108,6 @@ at::Tensor knn_backward(const at::Tensor& grad_dist, const at::Tensor& z_in, con
   }
   const at::Tensor g = grad_dist.unsqueeze(-1) * direction;
   return g.sum(1).index_add(0, idx.reshape(-1), -g.reshape({-1, d})).to(z_in.scalar_type());
-}
-
-// kl_entropy_hvp on each set of a batch: z (B, M, d), nbr (B, M) with -1 for padded rows.
-at::Tensor kl_entropy_sets_hvp(const at::Tensor& z, const c10::optional<at::Tensor>& lengths,
-                               const at::Tensor& nbr, const at::Tensor& v, double p, double eps) {
-  const at::Tensor len = lengths.has_value() ? lengths->to(at::kCPU) : at::Tensor();
-  std::vector<at::Tensor> sets;
-  for (int64_t b = 0; b < z.size(0); ++b) {
-    const int64_t m = len.defined() ? len[b].item<int64_t>() : z.size(1);
-    at::Tensor hvp = kl_entropy_hvp(z[b].narrow(0, 0, m), nbr[b].narrow(0, 0, m), v[b].narrow(0, 0, m),
-                                    p, eps, 0);
-    sets.push_back(at::constant_pad_nd(hvp, {0, 0, 0, z.size(1) - m}));
-  }
-  return at::stack(sets);
 }
 
 // d/d(x, y) of sum(grad_dist * dist) for knn_sets: x (B, M, d), y (B, N, d) or None (self),
@@ -202,12 +219,12 @@ class KnnFunction : public torch::autograd::Function<KnnFunction> {
   }
 };
 
-at::Tensor call_kl_entropy_sets_hvp(const at::Tensor& z, const c10::optional<at::Tensor>& lengths,
-                                    const at::Tensor& nbr, const at::Tensor& v, double p, double eps) {
+at::Tensor call_kl_entropy_sets_hvp(const at::Tensor& z, const at::Tensor& nbr, const at::Tensor& v,
+                                    double p, double eps) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("eae_kernels::kl_entropy_sets_hvp", "")
                        .typed<decltype(kl_entropy_sets_hvp)>();
-  return op.call(z, lengths, nbr, v, p, eps);
+  return op.call(z, nbr, v, p, eps);
 }
 
 // Each set's incoming gradient (B,) times the saved per-set gradient (B, M, d).
@@ -235,7 +252,6 @@ class KlEntropySetsFunction : public torch::autograd::Function<KlEntropySetsFunc
     ctx->saved_data["p"] = p;
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["compute_grad"] = compute_grad;
-    ctx->saved_data["lengths"] = lengths.has_value() ? c10::IValue(*lengths) : c10::IValue();
     ctx->save_for_backward({z, grad, nbr});
     ctx->mark_non_differentiable({nbr});
     ctx->set_materialize_grads(false);
@@ -247,12 +263,9 @@ class KlEntropySetsFunction : public torch::autograd::Function<KlEntropySetsFunc
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &z = saved[0], &grad = saved[1], &nbr = saved[2];
     at::Tensor grad_z = grads[0].defined() ? scale_by_set(grad, grads[0]) : at::zeros_like(grad);
-    if (grads[1].defined()) {
-      const c10::IValue& len = ctx->saved_data["lengths"];
-      const c10::optional<at::Tensor> lengths = len.isNone() ? c10::nullopt : c10::optional<at::Tensor>(len.toTensor());
-      grad_z = grad_z + call_kl_entropy_sets_hvp(z, lengths, nbr, grads[1], ctx->saved_data["p"].toDouble(),
+    if (grads[1].defined())
+      grad_z = grad_z + call_kl_entropy_sets_hvp(z, nbr, grads[1], ctx->saved_data["p"].toDouble(),
                                                  ctx->saved_data["eps"].toDouble());
-    }
     return {grad_z, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -405,7 +418,7 @@ std::tuple<at::Tensor, at::Tensor> knn_sets_autograd(const at::Tensor& x, const 
 TORCH_LIBRARY_FRAGMENT(eae_kernels, m) {
   m.def("kl_entropy_hvp(Tensor z, Tensor nbr, Tensor v, float p, float eps, int row_begin) -> Tensor");
   m.def("knn_backward(Tensor grad_dist, Tensor z, Tensor dist, Tensor idx, float p) -> Tensor");
-  m.def("kl_entropy_sets_hvp(Tensor z, Tensor? lengths, Tensor nbr, Tensor v, float p, float eps) -> Tensor");
+  m.def("kl_entropy_sets_hvp(Tensor z, Tensor nbr, Tensor v, float p, float eps) -> Tensor");
   m.def("knn_sets_backward(Tensor grad_dist, Tensor x, Tensor? y, Tensor dist, Tensor idx, float p)"
         " -> (Tensor, Tensor)");
 }
