@@ -92,3 +92,41 @@ def test_module_and_errors():
         koleo_loss(x[:1])
     with pytest.raises(ValueError, match="group=.*one \\(N, d\\) set per rank"):
         koleo_loss(x.view(2, 8, 8), group=object())
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        lambda: random_rows(600, 96, seed=7, dtype=torch.float32),
+        lambda: torch.randint(-2, 3, (400, 6)).float(),  # exact ties and duplicates
+        lambda: random_rows(1, 40, seed=8, dtype=torch.float32).repeat(300, 1)
+        + 1e-4 * random_rows(300, 40, seed=9, dtype=torch.float32),  # near-ties at a small scale
+        lambda: random_rows(500, 24, seed=10, dtype=torch.float64),
+    ],
+    ids=["gaussian", "integer-ties", "near-ties", "float64"],
+)
+def test_matrix_product_search_is_bit_identical_to_the_exact_search(rows):
+    """KoLeo finds candidates by a matrix product and re-measures them exactly; with a reduced
+    float32 matmul precision that path is off, so comparing the two settings compares the paths
+    (float32). For float64 the path is always on: compare with the exact reference."""
+    x = rows()
+
+    def run():
+        xx = x.clone().requires_grad_(True)
+        loss = koleo_loss(xx)
+        return loss.detach(), torch.autograd.grad(loss, xx)[0]
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        loss, grad = run()
+        torch.set_float32_matmul_precision("high")
+        loss_exact, grad_exact = run()
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert torch.equal(loss, loss_exact) and torch.equal(grad, grad_exact)
+    if x.dtype == torch.float64:  # the same neighbours as the exact reference
+        xr = x.clone().requires_grad_(True)
+        loss_ref = reference.koleo_loss(xr, exact=True)
+        torch.testing.assert_close(loss, loss_ref.detach(), rtol=1e-14, atol=0)
+        torch.testing.assert_close(grad, torch.autograd.grad(loss_ref, xr)[0], rtol=1e-11, atol=1e-14)

@@ -37,6 +37,9 @@ struct SearchKernel {
   // Completes the top-k lists of query rows [begin, end) against all n reference rows
   // (begin >= first_row).
   void (*search_rows)(const SearchArgs<T>& args, int64_t begin, int64_t end);
+  // The key search_rows computes for one (query, reference) pair, with the same arithmetic bit
+  // for bit (faster candidate searches re-measure their candidates with it).
+  T (*exact_key)(const T* query, const T* reference, int64_t d, Norm norm);
 };
 
 #define EAE_DECLARE_SEARCH_KERNELS(isa)            \

@@ -235,17 +235,38 @@ void search_rows(const SearchArgs<T>& a, int64_t begin, int64_t end) {
   }
 }
 
+// One pair's key with the tile's arithmetic: every lane of a broadcast register computes what the
+// lane of the pair computes in row_tile (diff = reference - query, accumulated in order c = 0..d-1).
+template <class V, Norm N>
+typename V::T exact_key_norm(const typename V::T* query, const typename V::T* reference, int64_t d) {
+  typename V::R acc = V::zero();
+  for (int64_t c = 0; c < d; ++c) accumulate<V, N>(acc, V::sub(V::set1(reference[c]), V::set1(query[c])));
+  typename V::T lanes[V::W];
+  V::store(lanes, acc);
+  return lanes[0];
+}
+
+template <class T>
+T exact_key(const T* query, const T* reference, int64_t d, Norm norm) {
+  using V = typename VecOf<T>::type;
+  switch (norm) {
+    case Norm::L2: return exact_key_norm<V, Norm::L2>(query, reference, d);
+    case Norm::L1: return exact_key_norm<V, Norm::L1>(query, reference, d);
+    case Norm::Linf: default: return exact_key_norm<V, Norm::Linf>(query, reference, d);
+  }
+}
+
 #define EAE_STRINGIFY2(x) #x
 #define EAE_STRINGIFY(x) EAE_STRINGIFY2(x)
 
 const SearchKernel<float>* kernel_f32() {
   static const SearchKernel<float> kernel{EAE_STRINGIFY(EAE_ISA), VecF32::W * VecF32::COLS,
-                                          &search_rows<float>};
+                                          &search_rows<float>, &exact_key<float>};
   return &kernel;
 }
 const SearchKernel<double>* kernel_f64() {
   static const SearchKernel<double> kernel{EAE_STRINGIFY(EAE_ISA), VecF64::W * VecF64::COLS,
-                                           &search_rows<double>};
+                                           &search_rows<double>, &exact_key<double>};
   return &kernel;
 }
 
