@@ -125,7 +125,7 @@ def resolve(backend: str, op: str, tensor: torch.Tensor) -> str:
     for candidate in AUTO_ORDER.get(device.type, ()):
         if why_unavailable(candidate, op, device) is None and healthy(candidate, device):
             return candidate
-    _extension.warn_fallback_once(device)
+    _extension.warn_fallback_once(device, op)
     return "reference"
 
 

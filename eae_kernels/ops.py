@@ -27,12 +27,14 @@ from ._validate import (
 __all__ = ["kl_entropy", "kl_cross_entropy", "kl_divergence", "koleo_loss", "knn_distances"]
 
 
-def _wants_grad(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def _op(backend: str, op: str, tensor: torch.Tensor):
-    return backends.op_for(backends.resolve(backend, op, tensor), op)
+def _op(backend: str, op: str, tensor: torch.Tensor, *inputs: torch.Tensor):
+    """(the op's callable, its compute_grad argument) for the backend that runs ``op`` here.
+    compute_grad: whether the fused kernels should form the gradient in the forward pass; the
+    reference's value is differentiated by autograd instead (its gradient output is for the
+    distributed mode only)."""
+    impl = backends.resolve(backend, op, tensor)
+    wants_grad = impl != "reference" and torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    return backends.op_for(impl, op), wants_grad
 
 
 def _unavailable_reason(backend: str, z: torch.Tensor) -> str | None:
@@ -127,11 +129,13 @@ def kl_entropy(
         return global_kl_entropy(z, k, p=p, eps=eps, backend=backend, deterministic=deterministic, group=group)
     if isinstance(z, torch.Tensor) and z.dim() == 2 and lengths is None:
         check_z(z, k)
-        h, _, _ = _op(backend, "kl_entropy", z)(z, k, p, eps, _wants_grad(z), bool(deterministic))
+        fn, compute_grad = _op(backend, "kl_entropy", z, z)
+        h, _, _ = fn(z, k, p, eps, compute_grad, bool(deterministic))
         return h
     z3, lengths = check_sets(z, lengths, name="z", lengths_name="lengths")
     check_set_sizes(k, lengths, z3.shape[0], z3.shape[1], self_name="z")
-    h, _, _ = _op(backend, "kl_entropy_sets", z3)(z3, lengths, k, p, eps, _wants_grad(z3))
+    fn, compute_grad = _op(backend, "kl_entropy_sets", z3, z3)
+    h, _, _ = fn(z3, lengths, k, p, eps, compute_grad)
     return h
 
 
@@ -171,7 +175,8 @@ def _pair(op: str, x, y, k, p, eps, lengths_x, lengths_y, backend) -> torch.Tens
     y3, lengths_y = check_sets(y, lengths_y, name="y", lengths_name="lengths_y")
     check_set_sizes(k, lengths_x, x3.shape[0], x3.shape[1], self_name="x" if op == "kl_divergence" else None,
                     lengths_y=lengths_y, rows_y=y3.shape[1])
-    h, _, _ = _op(backend, op, x3)(x3, y3, lengths_x, lengths_y, k, p, eps, _wants_grad(x3, y3))
+    fn, compute_grad = _op(backend, op, x3, x3, y3)
+    h, _, _ = fn(x3, y3, lengths_x, lengths_y, k, p, eps, compute_grad)
     return h if x.dim() == 3 else h[0]
 
 
@@ -283,7 +288,8 @@ def koleo_loss(
     x3, lengths = check_sets(x, lengths, name="x", lengths_name="lengths")
     check_set_sizes(1, lengths, x3.shape[0], x3.shape[1], self_name="x")
     xn = torch.nn.functional.normalize(x3.to(accumulation_dtype(x3.dtype)), p=2.0, dim=-1, eps=eps)
-    loss, _ = _op(backend, "koleo", xn)(xn, lengths, eps, _wants_grad(xn))
+    fn, compute_grad = _op(backend, "koleo", xn, xn)
+    loss, _ = fn(xn, lengths, eps, compute_grad)
     return loss if x.dim() == 3 else loss[0]
 
 
@@ -323,7 +329,7 @@ def knn_distances(
     p = check_p(p)
     if y is None and lengths_x is None and lengths_y is None and isinstance(x, torch.Tensor) and x.dim() == 2:
         check_z(x, k, name="x")
-        return _op(backend, "knn", x)(x, k, p)
+        return _op(backend, "knn", x)[0](x, k, p)
     x3, lengths_x = check_sets(x, lengths_x, name="x", lengths_name="lengths_x")
     y3 = None
     if y is not None:
@@ -334,7 +340,7 @@ def knn_distances(
         raise ValueError("lengths_y needs y: without y the rows of x are searched among themselves (use lengths_x)")
     check_set_sizes(k, lengths_x, x3.shape[0], x3.shape[1], self_name="x" if y is None else None,
                     lengths_y=lengths_y, rows_y=None if y3 is None else y3.shape[1], allow_empty=True)
-    dist, idx = _op(backend, "knn_sets", x3)(x3, y3, lengths_x, lengths_y, k, p)
+    dist, idx = _op(backend, "knn_sets", x3)[0](x3, y3, lengths_x, lengths_y, k, p)
     return (dist, idx) if x.dim() == 3 else (dist[0], idx[0])
 
 
