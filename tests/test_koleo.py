@@ -94,14 +94,15 @@ def test_module_and_errors():
         koleo_loss(x.view(2, 8, 8), group=object())
 
 
+# The matrix-product path runs from d = 512 on (csrc/cpu/kl_cpu.cpp, kMatrixProductMinDim).
 @pytest.mark.parametrize(
     "rows",
     [
-        lambda: random_rows(600, 96, seed=7, dtype=torch.float32),
-        lambda: torch.randint(-2, 3, (400, 6)).float(),  # exact ties and duplicates
-        lambda: random_rows(1, 40, seed=8, dtype=torch.float32).repeat(300, 1)
-        + 1e-4 * random_rows(300, 40, seed=9, dtype=torch.float32),  # near-ties at a small scale
-        lambda: random_rows(500, 24, seed=10, dtype=torch.float64),
+        lambda: random_rows(300, 600, seed=7, dtype=torch.float32),
+        lambda: torch.randint(-1, 2, (200, 512)).float(),  # exact ties and duplicates
+        lambda: random_rows(1, 512, seed=8, dtype=torch.float32).repeat(200, 1)
+        + 1e-4 * random_rows(200, 512, seed=9, dtype=torch.float32),  # near-ties at a small scale
+        lambda: random_rows(200, 512, seed=10, dtype=torch.float64),
     ],
     ids=["gaussian", "integer-ties", "near-ties", "float64"],
 )

@@ -72,8 +72,8 @@ double kl_entropy(const T* z, int64_t n, int64_t d, int64_t k, Norm norm, double
 // when not null, d value / dx to grad_x (nx, d), d value / dy to grad_y (ny, d) (every row), and
 // each query row's k-th neighbour to nbr_self / nbr_cross (rows,). Deterministic, no atomics.
 //
-// gemm (optional): for the self search with k = 1, p = 2 and finite rows of moderate size (such as
-// KoLeo's normalised rows), candidates are found by a matrix product and re-measured exactly
+// gemm (optional): for the self search with k = 1, p = 2, d >= 512 and finite rows of moderate size
+// (such as KoLeo's normalised rows), candidates are found by a matrix product and re-measured exactly
 // (see nearest_other_row): a faster path with the same neighbours, keys, values and gradients.
 template <class T>
 double estimate(const T* x, int64_t nx, RowRange rows, const T* y, int64_t ny, int64_t d,
