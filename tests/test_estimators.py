@@ -226,12 +226,8 @@ def test_constant_rule():
 
 
 # ---------------------------------------------------------------------------------------------
-# An independent implementation: scipy's cKDTree (not reference.py)
+# An independent implementation: scipy's cKDTree (not reference.py; scipy comes with scikit-learn)
 # ---------------------------------------------------------------------------------------------
-
-scipy_spatial = pytest.importorskip("scipy.spatial")
-scipy_special = pytest.importorskip("scipy.special")
-
 
 def _log_ball(d: int, p: float) -> float:
     if p == math.inf:
@@ -241,6 +237,7 @@ def _log_ball(d: int, p: float) -> float:
 
 def kdtree_cross_entropy(x, y, k, p):
     """psi(N + 1) - psi(k) + log V + (d / M) sum_i log nu_i (eps = 0), nu_i by a KD-tree."""
+    scipy_spatial, scipy_special = pytest.importorskip("scipy.spatial"), pytest.importorskip("scipy.special")
     m, d = x.shape
     nu = scipy_spatial.cKDTree(y).query(x, k=[k], p=p)[0][:, 0]
     return scipy_special.digamma(len(y) + 1) - scipy_special.digamma(k) + _log_ball(d, p) + d * float(
@@ -250,6 +247,7 @@ def kdtree_cross_entropy(x, y, k, p):
 
 def kdtree_divergence(x, y, k, p):
     """cross-entropy - entropy; rho_i: the (k + 1)-th nearest row of x, the row itself first."""
+    scipy_spatial, scipy_special = pytest.importorskip("scipy.spatial"), pytest.importorskip("scipy.special")
     m, d = x.shape
     rho = scipy_spatial.cKDTree(x).query(x, k=[k + 1], p=p)[0][:, 0]
     entropy = scipy_special.digamma(m) - scipy_special.digamma(k) + _log_ball(d, p) + d * float(
