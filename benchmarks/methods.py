@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 
 import eae_kernels
-from eae_kernels import reference
+from eae_kernels import backends, reference
 
 # Keys accepted by `python -m benchmarks.run --methods`, in the order rows are reported.
 METHOD_KEYS = ("ours", "reference", "compile", "pykeops", "faiss")
@@ -42,22 +42,12 @@ class Method:
     note: str = ""  # one line for the report: what exactly is measured
 
 
-def _available_fused_backend(backend: str, device: torch.device) -> Optional[str]:
-    """None when eae_kernels' ``backend`` runs on ``device``, else the reason it does not."""
-    probe = torch.randn(4, 2, device=device)
-    try:
-        eae_kernels.kl_entropy(probe, 1, backend=backend)
-    except (RuntimeError, ImportError) as exc:
-        return str(exc)
-    return None
-
-
 def ours(device: torch.device) -> list[Method]:
-    """One method per fused backend of the device type: 'cpu' on a CPU; 'cuda' and 'triton' on a GPU."""
-    backends = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
+    """One method per fused backend of the device type (eae_kernels.backends.AUTO_ORDER): 'cpu'
+    on a CPU; 'cuda' and 'triton' on a GPU."""
     methods = []
-    for backend in backends:
-        reason = _available_fused_backend(backend, device)
+    for backend in backends.AUTO_ORDER.get(device.type, ()):
+        reason = backends.why_unavailable(backend, "kl_entropy", device)
 
         def run(z, k, backend=backend):
             return eae_kernels.kl_entropy(z, k, backend=backend)

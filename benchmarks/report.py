@@ -348,6 +348,10 @@ def to_markdown(results: dict) -> str:
     failed = [r for r in results["records"] if (r.get("check") or {}).get("ok") is False]
     if failed:
         out += ["", f"**{len(failed)} results disagree with the reference** (see the check column)."]
+    if results.get("estimators"):
+        from . import estimators
+
+        out += estimators.to_markdown(results["estimators"])
     return "\n".join(out) + "\n"
 
 

@@ -12,6 +12,10 @@ performance targets) and two plots ``<device>_time.png``, ``<device>_memory.png`
     python -m benchmarks.run --device cuda   # GPU backends and baselines (N up to 1,000,000)
     python -m benchmarks.run --methods ours reference --sizes 1024 4096 --dims 64 --ks 1
 
+The estimator rows (kl_divergence vs the naive cdist version, koleo_loss vs DINOv2's formula,
+B=64 sets of N=100 in one call vs a loop; benchmarks/estimators.py) follow the sweep; add
+--no-estimators to skip them.
+
 Cases that would not fit in memory (predicted from the same method at the previous N, scaled by
 N^2 for O(N^2)-memory methods) are recorded as OOM without being run, and cases predicted to take
 over ``--max-call-s`` per call are skipped, so the sweep never thrashes a shared machine.
@@ -55,6 +59,7 @@ class Settings:
     quick: bool = False
     fma_seconds: float = 0.5  # per run of the FMA peak measurement
     fresh_keops_cache: bool = True  # compile KeOps formulas afresh, so their compile time is real
+    estimators: bool = True  # also the estimator rows (benchmarks/estimators.py)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,6 +475,14 @@ def _run_sweep(settings: Settings, progress: bool, command: str) -> dict:
     }
     report.add_speedups(records)
     results["targets"] = report.evaluate_targets(results)
+    if settings.estimators:
+        from . import estimators
+
+        print("estimators (forward+backward vs the user's alternative):", file=sys.stderr)
+        results["estimators"] = estimators.run(
+            device, settings.target_s, settings.quick, progress=lambda line: print(line, file=sys.stderr)
+        )
+        results["targets"] += results["estimators"]["targets"]
     return results
 
 
@@ -508,6 +521,8 @@ def parse_args(argv=None) -> tuple:
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--search-paths", action="store_true",
                    help="instead of the sweep: the CPU's exact vs mixed neighbour search (benchmarks/search_paths.py)")
+    p.add_argument("--no-estimators", action="store_true",
+                   help="skip the estimator rows (kl_divergence, koleo_loss, batched sets; benchmarks/estimators.py)")
     args = p.parse_args(argv)
     for flag in ("sizes", "dims", "ks"):
         values = getattr(args, flag) or []
@@ -544,6 +559,7 @@ def settings_from_args(args) -> Settings:
     s.memory_budget_bytes = int(args.memory_budget_gb * 1e9) if args.memory_budget_gb else 0
     s.seed = args.seed
     s.fresh_keops_cache = s.fresh_keops_cache and not args.keops_cache
+    s.estimators = not args.no_estimators
     if any(k >= min(s.sizes) for k in s.ks):
         raise SystemExit(f"every k must be below the smallest N; got k={s.ks}, N={s.sizes}")
     return s

@@ -32,19 +32,26 @@ def unavailable_reason() -> str:
     )
 
 
-_warned_fallback = False
+_warned_fallback = False  # set False to have the next fallback warn again (tests)
+_warned_ops: set = set()  # (device type, op) pairs already warned about
 
 
-def warn_fallback_once(device) -> None:
-    """backend='auto' found no fused kernel for ``device``: say once that the slow reference
-    implementation is used instead."""
+def warn_fallback_once(device, op: str = "kl_entropy") -> None:
+    """backend='auto' found no fused kernel for ``op`` on ``device``: say once per (device type,
+    op) that the slow reference implementation is used instead."""
     global _warned_fallback
-    if not _warned_fallback:
-        _warned_fallback = True
-        why = unavailable_reason() if _C is None else f"no fused backend is available for {device} tensors"
-        warnings.warn(
-            f"eae_kernels: {why}. backend='auto' falls back to the O(N^2)-memory reference "
-            "implementation (same results, much slower).",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+    key = (getattr(device, "type", str(device)), op)
+    if _warned_fallback and key in _warned_ops:
+        return
+    _warned_fallback = True
+    _warned_ops.add(key)
+    if _C is None:
+        why = unavailable_reason()
+    else:
+        why = f"no fused backend implements {op} for {device} tensors"
+    warnings.warn(
+        f"eae_kernels: {why}. backend='auto' falls back to the O(N^2)-memory reference "
+        "implementation (same results, much slower).",
+        RuntimeWarning,
+        stacklevel=4,
+    )

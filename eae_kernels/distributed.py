@@ -50,29 +50,25 @@ reduction buffer (``W * (m * d + 1)``), plus the fused op's own O(N d) work spac
 all, never N x N. The search work is split: rank r compares its n_r rows with all N rows.
 
 Not supported: double backward through the collectives (the single-process op has it).
+
+``koleo_loss(x, group=g)`` (:func:`global_koleo_loss`) uses the same machinery for the KoLeo loss of
+the global batch: each rank L2-normalises its rows (with autograd), the normalised rows are
+gathered, rank r computes the share ``-(1/N) sum_{i in its rows} log(r_i + eps)`` of the loss and
+the gradient of that share for all N rows, and the shares are summed.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
-from . import ops, reference
-from ._validate import (
-    DEFAULT_EPS,
-    FLOAT_DTYPES,
-    accumulation_dtype,
-    check_eps,
-    check_k,
-    check_p,
-    check_z,
-)
+from . import backends
+from ._validate import DEFAULT_EPS, FLOAT_DTYPES, accumulation_dtype, check_eps, check_k, check_p, check_z
 
-__all__ = ["global_kl_entropy"]
+__all__ = ["global_kl_entropy", "global_koleo_loss"]
 
 
 def global_kl_entropy(
@@ -112,11 +108,50 @@ def global_kl_entropy(
     check_z(z, -1)  # any local row count, even 0: N > k is checked on the global batch
     p = check_p(p)
     eps = check_eps(eps)
-    impl = ops._resolve_backend(backend, z)  # before any collective: a local error stops here
+    impl = backends.resolve(backend, "kl_entropy", z)  # before any collective: a local error stops here
+    op = backends.op_for(impl, "kl_entropy")
+    deterministic = bool(deterministic)
+
+    def partial(z_all, begin, end, compute_grad):
+        h, grad, _ = op(z_all, k, p, eps, compute_grad, deterministic, begin, end)
+        return h.detach(), (grad if compute_grad else None)
+
+    return _global_estimate(z, partial, group, min_rows=k + 1, what=f"k={k}: the k-th nearest other row needs N > k")
+
+
+def global_koleo_loss(x: torch.Tensor, *, eps: float = 1e-8, backend: str = "auto", group=None) -> torch.Tensor:
+    """The KoLeo loss of the rows of every rank of ``group``, concatenated (see
+    :func:`eae_kernels.koleo_loss`): every rank gets the same loss, ``-(1/N) sum_i log(r_i + eps)``
+    over the N rows of the global batch, r_i the distance from normalised row i to its nearest
+    other row anywhere in the global batch. Gradient convention and costs as for
+    :func:`global_kl_entropy` (plus the local normalisation, differentiated by autograd).
+
+    Args:
+        x: (n_r, d) tensor: this rank's rows (n_r may differ between ranks, even be 0; the global
+            batch needs at least 2 rows). d, dtype and requires-grad must agree across ranks.
+        eps: as in ``koleo_loss``. backend: as in ``koleo_loss``, for this rank's part.
+        group: a ProcessGroup containing this process, or None for the default group.
+    """
+    check_z(x, -1, name="x")
+    eps = check_eps(eps)
+    impl = backends.resolve(backend, "koleo", x)
+    op = backends.op_for(impl, "koleo")
+    xn = torch.nn.functional.normalize(x.to(accumulation_dtype(x.dtype)), p=2.0, dim=-1, eps=eps)
+
+    def partial(x_all, begin, end, compute_grad):
+        loss, grad = op(x_all[None], None, eps, compute_grad, begin, end)
+        return loss[0].detach(), (grad[0] if compute_grad else None)
+
+    return _global_estimate(xn, partial, group, min_rows=2, what="KoLeo needs a nearest other row")
+
+
+def _global_estimate(z: torch.Tensor, partial, group, *, min_rows: int, what: str) -> torch.Tensor:
+    """The value of the global batch from each rank's ``partial(z_all, begin, end, compute_grad)
+    -> (share of the value, d share / d z_all or None)``."""
     group = _resolve_group(group)
     compute_grad = bool(z.requires_grad and torch.is_grad_enabled())
-    layout = _BatchLayout.gather(z, k, compute_grad, group)
-    return _GlobalKLEntropy.apply(z, layout, k, p, eps, impl, bool(deterministic), compute_grad)
+    layout = _BatchLayout.gather(z, min_rows, what, compute_grad, group)
+    return _GlobalEstimate.apply(z, layout, partial, compute_grad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +207,7 @@ class _BatchLayout:
         return sum(self.sizes[:rank])
 
     @staticmethod
-    def gather(z: torch.Tensor, k: int, compute_grad: bool, group) -> "_BatchLayout":
+    def gather(z: torch.Tensor, min_rows: int, what: str, compute_grad: bool, group) -> "_BatchLayout":
         """All-gather every rank's (rows, d, dtype, needs-grad) and check that they fit together.
 
         Every rank sees the same table, so every rank raises the same error (no rank is left
@@ -198,11 +233,8 @@ class _BatchLayout:
                 "z must require grad (with grad mode on) on every rank or on none, since the "
                 f"backward pass is collective; got requires-grad={[bool(g) for g in grads]} by rank"
             )
-        if sum(rows) <= k:
-            raise ValueError(
-                f"the global batch has N={sum(rows)} rows (by rank: {list(rows)}) but k={k}: "
-                f"the k-th nearest other row needs N > k"
-            )
+        if sum(rows) < min_rows:
+            raise ValueError(f"the global batch has N={sum(rows)} rows (by rank: {list(rows)}) but {what}")
         return _BatchLayout(group=group, rank=dist.get_rank(group), sizes=tuple(rows))
 
 
@@ -255,54 +287,20 @@ def _sum_gradients(grad_all: torch.Tensor, grad_h: torch.Tensor, layout: _BatchL
 
 
 # ---------------------------------------------------------------------------------------------
-# This rank's part of the estimate
+# The autograd function
 # ---------------------------------------------------------------------------------------------
 
 
-def _partial_entropy(
-    z_all: torch.Tensor, begin: int, end: int, k: int, p: float, eps: float, impl: str,
-    deterministic: bool, compute_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """h of rows [begin, end) of the global batch and, when compute_grad, dh/dZ (N, d)."""
-    if impl == "reference":
-        return _partial_entropy_reference(z_all, begin, end, k, p, eps, compute_grad)
-    h, grad, _ = ops._kl_entropy_op(impl)(z_all, k, p, eps, compute_grad, deterministic, begin, end)
-    return h, (grad if compute_grad else None)
-
-
-def _partial_entropy_reference(
-    z_all: torch.Tensor, begin: int, end: int, k: int, p: float, eps: float, compute_grad: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The naive method (cdist + topk + autograd) for rows [begin, end): O((end - begin) N)
-    memory. Same formula and tie rule as ``reference.kl_entropy``."""
-    n, d = z_all.shape
-    z = z_all.detach().to(accumulation_dtype(z_all.dtype)).requires_grad_(compute_grad)
-    with torch.enable_grad():
-        own = torch.arange(begin, end, device=z.device)
-        dist_rows = torch.cdist(z[begin:end], z, p=p, compute_mode="donot_use_mm_for_euclid_dist")
-        self_mask = torch.zeros_like(dist_rows, dtype=torch.bool)
-        self_mask[torch.arange(end - begin, device=z.device), own] = True
-        dist_rows = dist_rows.masked_fill(self_mask, math.inf)
-        nbr = reference._kth_neighbour(dist_rows, k)
-        r = dist_rows.gather(1, nbr[:, None]).squeeze(1)
-        h = (d / n) * (0.5 * torch.log(r * r + eps * eps)).sum()
-        if begin == 0 < end:
-            h = h + reference.kl_constant(n, d, k, p)
-        grad = torch.autograd.grad(h, z, allow_unused=True)[0] if compute_grad else None
-    if compute_grad and grad is None:  # an empty row range
-        grad = torch.zeros_like(z)
-    return h.detach(), grad
-
-
-class _GlobalKLEntropy(torch.autograd.Function):
-    """z (this rank's rows) -> H of the global batch; see the module docstring."""
+class _GlobalEstimate(torch.autograd.Function):
+    """z (this rank's rows) -> the value of the global batch; see the module docstring."""
 
     @staticmethod
-    def forward(ctx, z, layout, k, p, eps, impl, deterministic, compute_grad):
+    def forward(ctx, z, layout, partial, compute_grad):
         z_all = _all_gather_rows(z, layout)
         begin = layout.begin(layout.rank)
         end = begin + layout.sizes[layout.rank]
-        h, grad_all = _partial_entropy(z_all, begin, end, k, p, eps, impl, deterministic, compute_grad)
+        h, grad_all = partial(z_all, begin, end, compute_grad)
+        h = h.clone()
         dist.all_reduce(h, group=layout.group)
         if compute_grad:
             ctx.save_for_backward(grad_all)
@@ -315,4 +313,4 @@ class _GlobalKLEntropy(torch.autograd.Function):
     def backward(ctx, grad_h):
         (grad_all,) = ctx.saved_tensors
         grad_z = _sum_gradients(grad_all, grad_h, ctx.layout).to(ctx.z_dtype)
-        return grad_z, None, None, None, None, None, None, None
+        return grad_z, None, None, None

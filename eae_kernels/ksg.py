@@ -26,7 +26,8 @@ import numbers
 
 import torch
 
-from . import _extension
+from . import _extension, backends
+from ._constants import digamma_int
 from ._validate import FLOAT_DTYPES, HALF_DTYPES, accumulation_dtype, check_k
 
 __all__ = ["ksg_mutual_information", "gaussian_mutual_information"]
@@ -108,41 +109,10 @@ def _check_lengths(lengths, x: torch.Tensor, k: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _unavailable_reason(backend: str, x: torch.Tensor) -> str | None:
-    if backend == "reference":
-        return None
-    if backend == "cpu":
-        if x.device.type != "cpu":
-            return f"it needs CPU tensors; x is on {x.device}"
-        return None if _extension.available() else _extension.unavailable_reason()
-    if backend == "cuda":
-        if x.device.type != "cuda":
-            return f"it needs CUDA tensors; x is on {x.device}"
-        if not _extension.available():
-            return _extension.unavailable_reason()
-        if not _extension.with_cuda():
-            return "eae_kernels._C was built without its CUDA kernels"
-        return None
-    if backend == "triton":
-        from . import triton_backend
-
-        return triton_backend.unavailable_reason(x)
-    raise AssertionError(backend)
-
-
 def _resolve_backend(backend, x: torch.Tensor) -> str:
     if backend not in KSG_BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, KSG_BACKENDS))}; got {backend!r}")
-    if backend == "auto":
-        for candidate in {"cpu": ("cpu",), "cuda": ("cuda", "triton")}.get(x.device.type, ()):
-            if _unavailable_reason(candidate, x) is None:
-                return candidate
-        _extension.warn_fallback_once(x.device)
-        return "reference"
-    reason = _unavailable_reason(backend, x)
-    if reason is not None:
-        raise RuntimeError(f"backend={backend!r} is unavailable: {reason}")
-    return backend
+    return backends.resolve(backend, backends.KSG_OP, x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,10 +204,6 @@ def ksg_mutual_information(
     return out if x.dim() == 3 else out.squeeze(0)
 
 
-def _digamma(v: int) -> float:
-    return float(torch.special.digamma(torch.tensor(float(v), dtype=torch.float64)))
-
-
 def _ksg_one_set(x, y, k, variant, knn, range_count) -> torch.Tensor:
     """The KSG estimate of one set from a k-NN op (z, k, p) -> (dist, idx) and a range-count
     op (z, radius, inclusive) -> counts; float64 0-dim."""
@@ -254,7 +220,7 @@ def _ksg_one_set(x, y, k, variant, knn, range_count) -> torch.Tensor:
     nx = range_count(x, rx, variant == 2).to(torch.float64) + shift
     ny = range_count(y, ry, variant == 2).to(torch.float64) + shift
     mean = (torch.special.digamma(nx) + torch.special.digamma(ny)).mean()
-    mi = _digamma(k) + _digamma(n) - mean
+    mi = digamma_int(k) + digamma_int(n) - mean
     return mi - 1.0 / k if variant == 2 else mi
 
 

@@ -52,7 +52,8 @@ from types import SimpleNamespace
 import torch
 
 from ._validate import accumulation_dtype, check_eps, check_k, check_p, check_z, HALF_DTYPES
-from .reference import log_unit_ball_volume
+from . import _fake
+from ._constants import kl_constant
 
 __all__ = ["unavailable_reason", "kl_entropy_op", "knn_op"]
 
@@ -125,19 +126,10 @@ def _f64_bits(x: float) -> int:
     return struct.unpack("<q", struct.pack("<d", float(x)))[0]
 
 
-def _digamma_int(n: int) -> float:
-    """psi(n) for a positive integer, as csrc/core/kl_math.h computes it."""
-    if n < 20:
-        return -0.57721566490153286060651209008240243 + math.fsum(1.0 / j for j in range(1, n))
-    x = float(n)
-    x2 = 1.0 / (x * x)
-    return math.log(x) - 0.5 / x - x2 * (1 / 12 - x2 * (1 / 120 - x2 * (1 / 252 - x2 * (1 / 240 - x2 / 132))))
-
-
 @functools.lru_cache(maxsize=256)
 def _kl_constant(n: int, d: int, k: int, p: float) -> float:
     """psi(N) - psi(k) + log V(d, p), in pure Python (no tensor: this runs inside traced ops)."""
-    return _digamma_int(n) - _digamma_int(k) + log_unit_ball_volume(d, p)
+    return kl_constant(n, d, k, p)
 
 
 def _check_row_range(n: int, row_begin: int, row_end: int) -> tuple[int, int]:
@@ -481,11 +473,9 @@ def _register_ops() -> None:
         kl = triton_op("eae_kernels::kl_entropy_triton", kl_entropy_triton, mutates_args=())
         knn = triton_op("eae_kernels::knn_triton", knn_triton, mutates_args=())
     else:
-        from . import ops
-
         kl = torch.library.custom_op("eae_kernels::kl_entropy_triton", kl_entropy_triton, mutates_args=())
         knn = torch.library.custom_op("eae_kernels::knn_triton", knn_triton, mutates_args=())
-        kl.register_fake(ops._kl_entropy_fake)
-        knn.register_fake(ops._knn_fake)
+        kl.register_fake(_fake.kl_entropy)
+        knn.register_fake(_fake.knn)
     kl.register_autograd(_kl_backward, setup_context=_kl_setup_context)
     knn.register_autograd(_knn_backward, setup_context=_knn_setup_context)

@@ -22,7 +22,7 @@ if DRY:
 import torch  # noqa: E402
 
 import eae_kernels  # noqa: E402
-from eae_kernels import ops, triton_backend  # noqa: E402
+from eae_kernels import backends, triton_backend  # noqa: E402
 
 DEV = "cpu" if DRY else "cuda"
 EPS = eae_kernels.DEFAULT_EPS
@@ -131,7 +131,7 @@ def timings():
     for n, d in sizes:
         z = torch.randn(n, d, device=DEV)
         for name, backend, kw in backends:
-            reason = ops._unavailable_reason(backend, z)
+            reason = backends.why_unavailable(backend, "kl_entropy", z.device)
             if reason is not None:
                 print(f"  {n:>6} {d:>4} {name:>11} unavailable: {reason}")
                 continue

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import eae_kernels
-from eae_kernels import ops
+from eae_kernels import backends
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -33,17 +33,15 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def fused_backends() -> list[tuple[str, str]]:
-    """(device, backend) pairs of the fused kernels, GPU ones only when a GPU is present."""
-    pairs = [("cpu", "cpu")]
-    if torch.cuda.is_available():
-        pairs += [("cuda", "cuda"), ("cuda", "triton")]
-    return pairs
+    """(device, backend) pairs of the fused kernels (backends.AUTO_ORDER), GPU ones only when a
+    GPU is present."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return [(device, backend) for device in devices for backend in backends.AUTO_ORDER[device]]
 
 
 def require_backend(device: str, backend: str) -> None:
     """Skip a GPU backend this machine cannot run; never skip the CPU one."""
-    probe = torch.zeros(2, 1, device=device)
-    reason = ops._unavailable_reason(backend, probe)
+    reason = backends.why_unavailable(backend, "kl_entropy", torch.device(device))
     if reason is None:
         return
     if backend == "cpu" and os.environ.get("EAE_KERNELS_ALLOW_NO_EXTENSION") != "1":

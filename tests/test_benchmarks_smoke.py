@@ -11,6 +11,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from benchmarks import run  # at the repository root: pyproject.toml's pytest pythonpath
 
@@ -21,7 +22,7 @@ def test_tiny_sweep_writes_checked_results(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pykeops", None)  # as if pykeops were not installed
     settings = run.Settings(
         sizes=(40, 300), dims=(3,), ks=(2,), methods=("ours", "reference", "faiss", "pykeops"),
-        threads=1, target_s=0.01, fma_seconds=0.01, fresh_keops_cache=False,
+        threads=1, target_s=0.01, fma_seconds=0.01, fresh_keops_cache=False, estimators=False,
     )
     results = run.run_sweep(settings, progress=False, command="smoke")
     paths = run.write_outputs(results, tmp_path, "smoke")
@@ -47,3 +48,17 @@ def test_tiny_sweep_writes_checked_results(tmp_path, monkeypatch):
     assert "| pykeops | skipped |" in markdown and "eae-kernels (cpu)" in markdown
     for key in ("time_png", "memory_png"):
         assert paths[key].stat().st_size > 1000
+
+
+def test_estimator_rows(monkeypatch):
+    from benchmarks import estimators
+
+    monkeypatch.setattr(estimators, "DIVERGENCE_SIZES", ((60, 3),))
+    monkeypatch.setattr(estimators, "QUICK_KOLEO_SIZES", ((64, 8),))
+    monkeypatch.setattr(estimators, "KOLEO_TARGET_SIZES", ((64, 8),))
+    monkeypatch.setattr(estimators, "BATCH_SHAPE", (4, 10, 3))
+    section = estimators.run(torch.device("cpu"), target_s=0.01, quick=True, progress=lambda line: None)
+    assert [r["case"].split(" ")[0] for r in section["records"]] == ["kl_divergence", "koleo_loss", "kl_entropy"]
+    assert all(r["ours_s"] > 0 and r["baseline_s"] > 0 for r in section["records"])
+    assert len(section["targets"]) == 2 and {t["met"] for t in section["targets"]} <= {True, False}
+    assert "## Estimators" in "\n".join(estimators.to_markdown(section))

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from eae_kernels import distributed, kl_entropy
+from eae_kernels import distributed, kl_entropy, koleo_loss
 from eae_kernels.distributed import global_kl_entropy
 
 from conftest import integer_rows, random_rows
@@ -144,6 +144,18 @@ def _run_ddp(rank: int) -> dict:
     return {name: param.grad.clone() for name, param in model.named_parameters()}
 
 
+KOLEO_SIZES = (7, 12)
+KOLEO_BACKENDS = ("cpu", "reference")
+
+
+def _run_koleo(rank: int, backend: str) -> dict:
+    """The KoLeo loss of the global batch (rows of both ranks), weighted per rank as above."""
+    x = own_rows(random_rows(sum(KOLEO_SIZES), 5, seed=11), KOLEO_SIZES, rank).clone().requires_grad_(True)
+    loss = koleo_loss(x, group=dist.group.WORLD, backend=backend)
+    (WEIGHTS[rank] * loss).backward()
+    return dict(loss=loss.detach(), grad=x.grad)
+
+
 def _worker(rank: int, rendezvous: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -175,6 +187,7 @@ def _worker(rank: int, rendezvous: str, out_dir: str) -> None:
     h.backward()
     results["own_group"] = dict(h=h.detach(), grad=z.grad)
     results["ddp"] = _run_ddp(rank)
+    results["koleo"] = {backend: _run_koleo(rank, backend) for backend in KOLEO_BACKENDS}
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -282,3 +295,13 @@ def test_needs_an_initialised_process_group():
 def test_rejects_a_group_that_is_not_a_process_group():
     with pytest.raises(TypeError, match="group must be a torch.distributed ProcessGroup"):
         kl_entropy(torch.randn(4, 2), group="world")
+
+
+@pytest.mark.parametrize("backend", KOLEO_BACKENDS)
+def test_global_koleo_matches_single_process(ranks, backend):
+    x = random_rows(sum(KOLEO_SIZES), 5, seed=11).requires_grad_(True)
+    loss = koleo_loss(x, backend="cpu")
+    (grad,) = torch.autograd.grad(loss, x)
+    for r in ranks:
+        torch.testing.assert_close(r["koleo"][backend]["loss"], loss.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.cat([r["koleo"][backend]["grad"] for r in ranks]), grad, rtol=1e-10, atol=1e-12)

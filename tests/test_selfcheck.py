@@ -4,13 +4,13 @@ then skips that backend, warning once with the failing path.
 
 Without a GPU, "auto" never checks anything (CPU tensors take the CPU kernel, the ground truth),
 so the auto tests route CPU tensors through the check: Triton's interpreter stands in for a GPU
-backend and the CPU kernel is made to look unavailable to ops.py's "auto" loop.
+backend and the CPU kernel is made to look unavailable to the backend table's "auto" loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import types
 import warnings
 
 import pytest
@@ -20,7 +20,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 pytest.importorskip("triton")
 
-from eae_kernels import _extension, ops, selfcheck, triton_backend  # noqa: E402
+from eae_kernels import _extension, backends, selfcheck, triton_backend  # noqa: E402
 
 DEVICE = "cuda:0" if torch.cuda.is_available() else "cpu"
 
@@ -54,14 +54,10 @@ def auto_checks_triton(monkeypatch):
     monkeypatch.delenv(selfcheck.AUTO_SELFCHECK_ENV, raising=False)
     monkeypatch.setattr(selfcheck, "AUTO_CHECK_DEVICE_TYPES", ("cpu", "cuda"))
     monkeypatch.setattr(selfcheck, "_HEALTH", {})
-    monkeypatch.setattr(ops, "_AUTO_ORDER", {"cpu": ("triton", "cpu"), "cuda": ("triton",)})
-    no_cpu_kernel = types.SimpleNamespace(
-        available=lambda: False,
-        unavailable_reason=lambda: "made unavailable by the test",
-        with_cuda=_extension.with_cuda,
-        warn_fallback_once=lambda device: None,
-    )
-    monkeypatch.setattr(ops, "_extension", no_cpu_kernel)
+    monkeypatch.setattr(backends, "AUTO_ORDER", {"cpu": ("triton", "cpu"), "cuda": ("triton",)})
+    no_cpu_kernel = dataclasses.replace(backends.BACKENDS["cpu"], why_unavailable=lambda device: "made unavailable by the test")
+    monkeypatch.setitem(backends.BACKENDS, "cpu", no_cpu_kernel)
+    monkeypatch.setattr(_extension, "warn_fallback_once", lambda device, op=None: None)
 
 
 def test_selfcheck_passes(capsys):
@@ -110,24 +106,24 @@ def test_a_perturbed_neighbour_is_caught(monkeypatch):
 def test_auto_skips_a_failing_backend_and_warns_once(auto_checks_triton, wrong_triton_gradient):
     z = torch.randn(30, 3, device=DEVICE)
     with pytest.warns(RuntimeWarning, match=r"triton backend failed its self-check .*\(path small, k=1 p=2"):
-        assert ops._resolve_backend("auto", z) == "reference"
+        assert backends.resolve("auto", "kl_entropy", z) == "reference"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # remembered: no second check, no second warning
-        assert ops._resolve_backend("auto", z) == "reference"
+        assert backends.resolve("auto", "kl_entropy", z) == "reference"
 
 
 def test_auto_uses_a_healthy_backend(auto_checks_triton):
     z = torch.randn(30, 3, device=DEVICE)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        assert ops._resolve_backend("auto", z) == "triton"
+        assert backends.resolve("auto", "kl_entropy", z) == "triton"
     assert selfcheck._HEALTH == {("triton", str(torch.device(DEVICE))): True}
 
 
 def test_the_environment_variable_turns_the_check_off(auto_checks_triton, wrong_triton_gradient, monkeypatch):
     monkeypatch.setenv(selfcheck.AUTO_SELFCHECK_ENV, "0")
     z = torch.randn(30, 3, device=DEVICE)
-    assert ops._resolve_backend("auto", z) == "triton"
+    assert backends.resolve("auto", "kl_entropy", z) == "triton"
     assert selfcheck._HEALTH == {}
 
 

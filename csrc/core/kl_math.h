@@ -1,10 +1,15 @@
 // Torch-free math shared by every backend (CPU and CUDA): the norm enum, the constant part of
-// the Kozachenko–Leonenko estimate, and the top-k insertion with the lower-index tie-break.
+// the Kozachenko–Leonenko estimates, and the top-k insertion with the lower-index tie-break.
 //
-//   H(z) = psi(N) - psi(k) + log V(d, p) + (d / N) * sum_i 0.5 * log(r_i^2 + eps^2)
+// Every kNN log-density estimate of the package follows one rule: for M query rows whose k-th
+// neighbour is searched among C candidate rows,
 //
-// r_i is the p-norm distance from row i to its k-th nearest *other* row; ties are broken by the
-// lower index. Kernels carry a "key" per candidate: the squared distance for p = 2 (no sqrt in the
+//   psi(C + 1) - psi(k) + log V(d, p) + (d / M) * sum_i 0.5 * log(r_i^2 + eps^2)
+//
+// with C = N - 1 in the self case (a set of N rows, the row itself excluded: the entropy
+// H(z) = psi(N) - psi(k) + ...) and C = N for a separate reference set of N rows (the
+// cross-entropy). r_i is the p-norm distance from query row i to its k-th nearest candidate; ties
+// are broken by the lower index. Kernels carry a "key" per candidate: the squared distance for p = 2 (no sqrt in the
 // hot loop) and the distance itself for p = 1 and p = inf.
 #pragma once
 
@@ -58,9 +63,21 @@ inline double log_unit_ball_volume(int64_t d, Norm norm) {
   }
 }
 
-// psi(N) - psi(k) + log V(d, p): everything in H that does not depend on z.
+// psi(C + 1) - psi(k) + log V(d, p) for C candidate rows: everything in an estimate that does
+// not depend on the rows (see the top of this file).
+inline double estimate_constant(int64_t candidates, int64_t d, int64_t k, Norm norm) {
+  return digamma_int(candidates + 1) - digamma_int(k) + log_unit_ball_volume(d, norm);
+}
+
+// The entropy's constant for a set of n rows (n - 1 candidates): psi(n) - psi(k) + log V(d, p).
 inline double kl_constant(int64_t n, int64_t d, int64_t k, Norm norm) {
-  return digamma_int(n) - digamma_int(k) + log_unit_ball_volume(d, norm);
+  return estimate_constant(n - 1, d, k, norm);
+}
+
+// sign(a - b) as T, with sign(0) = 0: the direction of d|a - b| / da (L1, Linf gradients).
+template <class T>
+EAE_HD T sign_of_difference(T a, T b) {
+  return static_cast<T>(static_cast<int>(a > b) - static_cast<int>(a < b));
 }
 
 // a * b and a + b, each rounded once, on the host and on the device. nvcc contracts a * b + c
@@ -111,6 +128,56 @@ template <class T>
 EAE_HD T gradient_weight(T key, Norm norm, T eps) {
   if (norm == Norm::L2) return T(1) / rn_add(key, rn_mul(eps, eps));
   return key / rn_add(rn_mul(key, key), rn_mul(eps, eps));
+}
+
+// The estimators built on the neighbour search. Each is, for one set of M query rows,
+//
+//   value = constant + scale * sum_i [ self_sign * term(r_i^self) + cross_sign * term(r_i^cross) ]
+//
+// where r^self is the distance to the k-th nearest other row of the query set itself and r^cross
+// to the k-th nearest row of a separate reference set of N rows (a sign of 0: that search is not
+// made), and term is 0.5 log(r^2 + eps^2) (Kozachenko-Leonenko) or log(r + eps) (KoLeo).
+enum class Estimator : int { Entropy = 0, CrossEntropy = 1, Divergence = 2, KoLeo = 3 };
+enum class Term : int { KL = 0, KoLeo = 1 };
+
+struct EstimateSpec {
+  Term term;
+  double scale;
+  double self_sign, cross_sign;  // +1, -1, or 0 (search not made)
+  double constant;
+};
+
+// The estimate of one set of m query rows against n reference rows (n = m for the self-only
+// estimators), with the one constant rule above:
+//   Entropy       H(x)    = psi(m) - psi(k) + log V + (d/m) sum log-term(r^self)
+//   CrossEntropy  H(x, y) = psi(n + 1) - psi(k) + log V + (d/m) sum log-term(r^cross)
+//   Divergence    D(x||y) = H(x, y) - H(x) = psi(n + 1) - psi(m) + (d/m) sum [term(r^cross) - term(r^self)]
+//   KoLeo         L(x)    = -(1/m) sum log(r^self + eps)                       (k = 1, L2)
+inline EstimateSpec estimate_spec(Estimator est, int64_t m, int64_t n, int64_t d, int64_t k, Norm norm) {
+  const double dm = static_cast<double>(d) / static_cast<double>(m);
+  switch (est) {
+    case Estimator::Entropy: return {Term::KL, dm, 1.0, 0.0, estimate_constant(m - 1, d, k, norm)};
+    case Estimator::CrossEntropy: return {Term::KL, dm, 0.0, 1.0, estimate_constant(n, d, k, norm)};
+    case Estimator::Divergence:
+      return {Term::KL, dm, -1.0, 1.0, digamma_int(n + 1) - digamma_int(m)};
+    case Estimator::KoLeo: default:
+      return {Term::KoLeo, -1.0 / static_cast<double>(m), 1.0, 0.0, 0.0};
+  }
+}
+
+// KoLeo's term log(r + eps) from a squared distance, in double; NaN for a non-finite distance.
+EAE_HD double koleo_term(double key, double eps) {
+  if (!(key <= 1.79769313486231570e308)) return NAN;
+  return log(sqrt(key) + eps);
+}
+
+// d/dr log(r + eps) / r, so that it multiplies the L2 direction (a - b); 0 for coincident rows,
+// whose direction is 0 (the gradient of log(r + eps) is then 0, as autograd's).
+template <class T>
+EAE_HD T koleo_gradient_weight(T key, T eps) {
+  if (!(key > T(0))) return T(0);
+  const T r = sqrt(key);
+  return T(1) / ((r + eps) * r);
 }
 
 // Candidate order: by key with NaN treated as +inf, then by index. The lower index wins ties.

@@ -19,6 +19,11 @@ namespace cpu {
 using RangeFn = std::function<void(int64_t begin, int64_t end)>;
 using ParallelFor = std::function<void(int64_t n, int64_t grain, const RangeFn& body)>;
 
+// c (m, n) = a (m, d) times b (n, d) transposed, all row-major and contiguous: a matrix product
+// supplied by the caller (the PyTorch binding passes BLAS through at::mm).
+template <class T>
+using Gemm = std::function<void(const T* a, int64_t m, const T* b, int64_t n, int64_t d, T* c)>;
+
 // A ParallelFor that runs everything on the calling thread.
 void serial_for(int64_t n, int64_t grain, const RangeFn& body);
 
@@ -28,7 +33,7 @@ struct RowRange {
   int64_t begin, end;
 };
 
-// k nearest other rows of the rows in `rows`, searched among all n rows of z.
+// k nearest other rows of the rows in `rows`, searched among all n rows of z (the self case).
 //   z:    (n, d) row-major, contiguous.
 //   keys: (rows, k) out, ascending. Squared distance for L2, distance for L1 and Linf; NaN for a
 //         row whose own values or whose neighbour's values are not all finite.
@@ -39,19 +44,78 @@ template <class T>
 void knn_search(const T* z, int64_t n, int64_t d, int64_t k, Norm norm, RowRange rows, T* keys,
                 int64_t* idx, const ParallelFor& pfor);
 
+// The general search: the k nearest rows of each query row x[rows] among the reference rows y
+// (ny, d); y == nullptr is the self case (the reference rows are x's nx rows and query row i never
+// takes row i). Outputs as above, indices in [0, ny). Requires ny >= k (cross) or nx > k (self).
+template <class T>
+void knn_search(const T* x, int64_t nx, RowRange rows, const T* y, int64_t ny, int64_t d,
+                int64_t k, Norm norm, T* keys, int64_t* idx, const ParallelFor& pfor);
+
 // The Kozachenko–Leonenko estimate (see core/kl_math.h) restricted to the terms of `rows`:
 //
 //   h = [0 in rows] * (psi(n) - psi(k) + log V) + (d / n) * sum_{i in rows} log term_i
 //
 // returned in double, so that the values of a partition of the rows sum to H (exactly one
-// range of a partition holds row 0 and carries the constant; for all rows h is H). When `grad` is not null, dh/dz is written to grad (n, d) row-major (every row: the
-// neighbour part reaches rows outside the range); when `nbr` is not null, each range row's k-th
-// neighbour to nbr (rows,). Deterministic: the gradient's neighbour ("scatter") part is
-// gathered per row from a reverse-neighbour list, never with atomics, so the result does not
-// depend on the number of threads.
+// range of a partition holds row 0 and carries the constant; for all rows h is H). When `grad`
+// is not null, dh/dz is written to grad (n, d) row-major (every row: the neighbour part reaches
+// rows outside the range); when `nbr` is not null, each range row's k-th neighbour to nbr
+// (rows,). Deterministic: the gradient's neighbour ("scatter") part is gathered per row from a
+// reverse-neighbour list, never with atomics, so the result does not depend on the number of
+// threads.
 template <class T>
 double kl_entropy(const T* z, int64_t n, int64_t d, int64_t k, Norm norm, double eps,
                   RowRange rows, T* grad, int64_t* nbr, const ParallelFor& pfor);
+
+// One estimate (core/kl_math.h, EstimateSpec) over one set: the query rows x[rows] of x (nx, d)
+// are searched among x itself (spec.self_sign != 0) and among y (ny, d) (spec.cross_sign != 0),
+// both searches in one parallel pass over the query rows. Returns the value in double; writes,
+// when not null, d value / dx to grad_x (nx, d), d value / dy to grad_y (ny, d) (every row), and
+// each query row's k-th neighbour to nbr_self / nbr_cross (rows,). Deterministic, no atomics.
+//
+// gemm (optional): for the self search with k = 1, p = 2, d >= 512 and finite rows of moderate size
+// (such as KoLeo's normalised rows), candidates are found by a matrix product and re-measured exactly
+// (see nearest_other_row): a faster path with the same neighbours, keys, values and gradients.
+template <class T>
+double estimate(const T* x, int64_t nx, RowRange rows, const T* y, int64_t ny, int64_t d,
+                int64_t k, Norm norm, double eps, const EstimateSpec& spec, T* grad_x, T* grad_y,
+                int64_t* nbr_self, int64_t* nbr_cross, const ParallelFor& pfor,
+                const Gemm<T>* gemm = nullptr);
+
+// The nearest other row (k = 1, L2) of the rows x[rows] among x's n rows, by a matrix-product
+// candidate search: per block of query rows, score_j = |x_j|^2 - 2 <x_i, x_j> by `gemm`; every j
+// whose score is within a rigorous rounding bound of the row's best is re-measured with the
+// search kernel's exact arithmetic (SearchKernel::exact_key) and the best (key, then lower index)
+// wins, so keys and indices are those of knn_search bit for bit. Needs finite rows whose squared
+// norms do not overflow; returns false (writing nothing) otherwise, and the caller searches exactly.
+template <class T>
+bool nearest_other_row(const T* x, int64_t n, RowRange rows, int64_t d, T* keys, int64_t* idx,
+                       const Gemm<T>& gemm, const ParallelFor& pfor);
+
+// A batch of B sets, stored padded: set b's query rows are x[b] (mx rows of d), its reference
+// rows y[b] (my rows; y == nullptr: the self case, y = x). Only the first len_x[b] (len_y[b]) rows
+// of a set are used (len == nullptr: all); the others are ignored and get a zero gradient.
+struct Batch {
+  int64_t sets, mx, my, d;
+  const int64_t* len_x;
+  const int64_t* len_y;
+  int64_t rows_x(int64_t b) const { return len_x ? len_x[b] : mx; }
+  int64_t rows_y(int64_t b) const { return len_y ? len_y[b] : my; }
+};
+
+// knn_search on every set: keys, idx (B, mx, k); padded query rows get key 0 and index -1.
+template <class T>
+void knn_search_sets(const T* x, const T* y, const Batch& batch, int64_t k, Norm norm, T* keys,
+                     int64_t* idx, const ParallelFor& pfor);
+
+// `est` on every set (estimate_spec(est, len_x[b], len_y[b], ...)): values (B,) in double;
+// grad_x (B, mx, d) and grad_y (B, my, d) when not null (padded rows: 0); nbr (B, mx) the self
+// search's k-th neighbour when not null (padded rows: -1). Requires every set's sizes to be valid
+// for `est` (the caller checks).
+// gemm: as in estimate, used for a single set (B = 1).
+template <class T>
+void estimate_sets(const T* x, const T* y, const Batch& batch, int64_t k, Norm norm, double eps,
+                   Estimator est, double* values, T* grad_x, T* grad_y, int64_t* nbr,
+                   const ParallelFor& pfor, const Gemm<T>* gemm = nullptr);
 
 // The instruction set the search kernel uses: "avx512", "avx2" or "generic". The best one the
 // CPU supports is chosen at start-up; set_isa() forces another (for tests and benchmarks) and

@@ -12,24 +12,34 @@ namespace cpu {
 
 // Everything one call of the search kernel reads and writes. Plain data: the ISA-specific files
 // must not instantiate standard-library templates (see search_impl.h).
+//
+// The query rows are searched among the n reference rows. In the self case the queries *are*
+// the reference rows (queries == rows of the same set) and query i never takes reference row i
+// (exclude_self); for a separate reference set every reference row is a candidate.
 template <class T>
 struct SearchArgs {
-  const T* rows;          // (n, d) row-major: all rows (the queries are rows first_row...)
-  const T* panels;        // the same rows packed column-panel-major (see knn_search)
-  const uint8_t* finite;  // (n,) 1 when the row's values are all finite
+  const T* queries;             // query row i at queries + i * d (row-major, contiguous)
+  const uint8_t* query_finite;  // query_finite[i]: 1 when query row i's values are all finite
+  const T* panels;              // the n reference rows packed column-panel-major (see kl_cpu.cpp)
+  const uint8_t* finite;        // (n,) 1 when the reference row's values are all finite
   int64_t n, d, k;
   Norm norm;
-  int64_t first_row;      // keys/idx hold rows first_row, first_row + 1, ...
-  T* keys;                // (rows, k) running top-k keys, initialised to (+inf, n)
-  int64_t* idx;           // (rows, k) running top-k indices
+  bool exclude_self;            // query i skips reference row i (the self case)
+  int64_t first_row;            // keys/idx hold query rows first_row, first_row + 1, ...
+  T* keys;                      // (rows, k) running top-k keys, initialised to (+inf, n)
+  int64_t* idx;                 // (rows, k) running top-k indices
 };
 
 template <class T>
 struct SearchKernel {
   const char* name;
   int64_t panel_width;  // columns per packed panel (SIMD width x column registers)
-  // Completes the top-k lists of rows [begin, end) against all n rows (begin >= first_row).
+  // Completes the top-k lists of query rows [begin, end) against all n reference rows
+  // (begin >= first_row).
   void (*search_rows)(const SearchArgs<T>& args, int64_t begin, int64_t end);
+  // The key search_rows computes for one (query, reference) pair, with the same arithmetic bit
+  // for bit (faster candidate searches re-measure their candidates with it).
+  T (*exact_key)(const T* query, const T* reference, int64_t d, Norm norm);
 };
 
 #define EAE_DECLARE_SEARCH_KERNELS(isa)            \

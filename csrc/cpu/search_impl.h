@@ -4,7 +4,8 @@
 // (see search_avx512.cpp). It must not instantiate standard-library templates: an inline
 // function compiled for AVX-512 could otherwise be picked by the linker for generic callers.
 //
-// Work mapping. Every row i needs the k smallest distances to the other rows. The rows are
+// Work mapping. Every query row i needs the k smallest distances to the reference rows (the other
+// rows of its own set in the self case, see SearchArgs). The query rows are
 // processed in blocks of kRowBlock rows (one thread owns a range of blocks). For each block, the
 // kernel streams the packed column panels (PW = SIMD width x COLS columns, all d coordinates,
 // see kl_cpu.cpp) and computes a ROWS x PW tile of distances held entirely in SIMD registers:
@@ -156,7 +157,7 @@ EAE_HD void row_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64_t pan
   using R = typename V::R;
   constexpr int W = V::W, CC = V::COLS, PW = V::W * V::COLS;
   const int64_t d = a.d;
-  const T* rows = a.rows + i0 * d;
+  const T* rows = a.queries + i0 * d;
   const T* panel = a.panels + panel_index * d * PW;
 
   R acc[RR][CC];
@@ -195,8 +196,8 @@ EAE_HD void row_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64_t pan
       const int lane = __builtin_ctzll(mask);
       mask &= mask - 1;
       const int64_t j = panel_index * PW + lane;
-      if (j >= a.n || j == i) continue;
-      const T key = (a.finite[i] && a.finite[j]) ? tile[lane] : T(NAN);
+      if (j >= a.n || (j == i && a.exclude_self)) continue;
+      const T key = (a.query_finite[i] && a.finite[j]) ? tile[lane] : T(NAN);
       if (topk_insert(keys, idx, a.k, key, j)) {
         thr[r] = candidate_threshold(keys, idx, a.k, a.n);
         mask &= candidate_lanes<V>(acc[r], thr[r]);
@@ -234,17 +235,38 @@ void search_rows(const SearchArgs<T>& a, int64_t begin, int64_t end) {
   }
 }
 
+// One pair's key with the tile's arithmetic: every lane of a broadcast register computes what the
+// lane of the pair computes in row_tile (diff = reference - query, accumulated in order c = 0..d-1).
+template <class V, Norm N>
+typename V::T exact_key_norm(const typename V::T* query, const typename V::T* reference, int64_t d) {
+  typename V::R acc = V::zero();
+  for (int64_t c = 0; c < d; ++c) accumulate<V, N>(acc, V::sub(V::set1(reference[c]), V::set1(query[c])));
+  typename V::T lanes[V::W];
+  V::store(lanes, acc);
+  return lanes[0];
+}
+
+template <class T>
+T exact_key(const T* query, const T* reference, int64_t d, Norm norm) {
+  using V = typename VecOf<T>::type;
+  switch (norm) {
+    case Norm::L2: return exact_key_norm<V, Norm::L2>(query, reference, d);
+    case Norm::L1: return exact_key_norm<V, Norm::L1>(query, reference, d);
+    case Norm::Linf: default: return exact_key_norm<V, Norm::Linf>(query, reference, d);
+  }
+}
+
 #define EAE_STRINGIFY2(x) #x
 #define EAE_STRINGIFY(x) EAE_STRINGIFY2(x)
 
 const SearchKernel<float>* kernel_f32() {
   static const SearchKernel<float> kernel{EAE_STRINGIFY(EAE_ISA), VecF32::W * VecF32::COLS,
-                                          &search_rows<float>};
+                                          &search_rows<float>, &exact_key<float>};
   return &kernel;
 }
 const SearchKernel<double>* kernel_f64() {
   static const SearchKernel<double> kernel{EAE_STRINGIFY(EAE_ISA), VecF64::W * VecF64::COLS,
-                                           &search_rows<double>};
+                                           &search_rows<double>, &exact_key<double>};
   return &kernel;
 }
 

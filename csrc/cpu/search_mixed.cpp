@@ -205,7 +205,7 @@ bool knn_search_mixed(const SearchArgs<float>& args, const SearchKernel<float>& 
   for (int64_t j = 0; j < n; ++j)
     if (!args.finite[j]) return false;  // NaN keys: the exact kernel's rules apply
   MixedData data;
-  if (!build_mixed_data(args.rows, n, d, k, pfor, &data)) return false;
+  if (!build_mixed_data(args.queries, n, d, k, pfor, &data)) return false;
   const MixedPlan& plan = data.plan;
 
   const int64_t num_blocks = (rows.end - rows.begin + kMixedRowBlock - 1) / kMixedRowBlock;

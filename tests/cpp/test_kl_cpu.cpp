@@ -144,6 +144,52 @@ static void check_case(const std::vector<double>& z64, int64_t n, int64_t d, int
   CHECK(part_err <= (sizeof(T) == 4 ? 1e-5 : 1e-12) * (1 + gmax), "%s partition grad err %g", what, part_err);
 }
 
+// Cross search (queries x against a separate reference set y) against brute force: same keys
+// (to rounding) and, on exact data, the same indices.
+template <class T>
+static void check_cross(const std::vector<double>& x64, int64_t m, const std::vector<double>& y64, int64_t n,
+                        int64_t d, int64_t k, Norm norm, bool exact_ties) {
+  std::vector<T> x(x64.begin(), x64.end()), y(y64.begin(), y64.end()), keys(m * k);
+  std::vector<int64_t> idx(m * k);
+  eae::cpu::knn_search<T>(x.data(), m, {0, m}, y.data(), n, d, k, norm, keys.data(), idx.data(), two_threads);
+  for (int64_t i = 0; i < m; ++i) {
+    std::vector<std::pair<double, int64_t>> all;
+    for (int64_t j = 0; j < n; ++j) all.push_back({distance(&x64[i * d], &y64[j * d], d, norm), j});
+    std::sort(all.begin(), all.end());
+    for (int64_t s = 0; s < k; ++s) {
+      const double got = norm == Norm::L2 ? std::sqrt(double(keys[i * k + s])) : double(keys[i * k + s]);
+      const double tol = sizeof(T) == 4 ? 1e-5 : 1e-12;
+      CHECK(std::abs(got - all[s].first) <= tol * (1 + all[s].first), "cross isa=%s m=%ld n=%ld d=%ld k=%ld: %g vs %g",
+            eae::cpu::isa(), long(m), long(n), long(d), long(k), got, all[s].first);
+      if (exact_ties)
+        CHECK(idx[i * k + s] == all[s].second, "cross ties isa=%s row %ld slot %ld: idx %ld vs %ld", eae::cpu::isa(),
+              long(i), long(s), long(idx[i * k + s]), long(all[s].second));
+    }
+  }
+}
+
+// The matrix-product candidate search (KoLeo's) gives knn_search's keys and indices bit for bit.
+template <class T>
+static void check_nearest_other_row(const std::vector<double>& z64, int64_t n, int64_t d, const char* what) {
+  std::vector<T> z(z64.begin(), z64.end()), keys(n), keys_exact(n);
+  std::vector<int64_t> idx(n), idx_exact(n);
+  const eae::cpu::Gemm<T> naive = [](const T* a, int64_t m, const T* b, int64_t nn, int64_t dd, T* c) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < nn; ++j) {
+        T s = 0;
+        for (int64_t q = dd - 1; q >= 0; --q) s += a[i * dd + q] * b[j * dd + q];  // another order
+        c[i * nn + j] = s;
+      }
+  };
+  CHECK(eae::cpu::nearest_other_row<T>(z.data(), n, {0, n}, d, keys.data(), idx.data(), naive, two_threads),
+        "%s: the matrix-product path refused finite rows", what);
+  eae::cpu::knn_search<T>(z.data(), n, d, 1, Norm::L2, {0, n}, keys_exact.data(), idx_exact.data(), two_threads);
+  for (int64_t i = 0; i < n; ++i)
+    CHECK(idx[i] == idx_exact[i] && keys[i] == keys_exact[i], "%s isa=%s n=%ld d=%ld row %ld: (%g, %ld) vs (%g, %ld)",
+          what, eae::cpu::isa(), long(n), long(d), long(i), double(keys[i]), long(idx[i]), double(keys_exact[i]),
+          long(idx_exact[i]));
+}
+
 int main() {
   std::mt19937_64 rng(1234);
   std::normal_distribution<double> normal;
@@ -168,6 +214,32 @@ int main() {
             check_case<float>(z, n, d, k, norm, true, "ties");
             check_case<double>(z, n, d, k, norm, true, "ties");
           }
+
+    for (Norm norm : norms)
+      for (int64_t d : {1, 5, 70}) {
+        const int64_t m = 37, n = 29;
+        std::vector<double> x(m * d), y(n * d);
+        for (double& v : x) v = normal(rng);
+        for (double& v : y) v = normal(rng);
+        check_cross<float>(x, m, y, n, d, 3, norm, false);
+        check_cross<double>(x, m, y, n, d, 3, norm, false);
+        for (double& v : x) v = small_int(rng);
+        for (double& v : y) v = small_int(rng);
+        check_cross<float>(x, m, y, n, d, 4, norm, true);
+        check_cross<double>(x, m, y, n, d, 4, norm, true);
+      }
+    for (int64_t d : {1, 8, 200}) {
+      const int64_t n = 150;
+      std::vector<double> z(n * d);
+      for (double& v : z) v = normal(rng);
+      check_nearest_other_row<float>(z, n, d, "gemm random");
+      check_nearest_other_row<double>(z, n, d, "gemm random");
+      for (double& v : z) v = small_int(rng);
+      check_nearest_other_row<float>(z, n, d, "gemm ties");
+      for (int64_t i = 0; i < n; ++i)  // near-ties: one row plus tiny perturbations
+        for (int64_t c = 0; c < d; ++c) z[i * d + c] = z[c] + 1e-4 * normal(rng);
+      check_nearest_other_row<float>(z, n, d, "gemm near-ties");
+    }
 
     // Duplicate rows: finite value and finite (zero) gradient.
     {
