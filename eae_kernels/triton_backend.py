@@ -48,14 +48,15 @@ import math
 import os
 import struct
 from types import SimpleNamespace
+from typing import Optional
 
 import torch
 
 from ._validate import accumulation_dtype, check_eps, check_k, check_p, check_z, HALF_DTYPES
 from . import _fake
-from ._constants import kl_constant
+from ._constants import EULER_GAMMA, kl_constant, log_unit_ball_volume
 
-__all__ = ["unavailable_reason", "kl_entropy_op", "knn_op"]
+__all__ = ["unavailable_reason", "kl_entropy_op", "knn_op", "set_op", "SET_OPS"]
 
 # The small-batch path runs everything in one program (one SM): it wins while launch overhead
 # dominates. Bounds of the paper's regime, and a work bound (pair-coordinates, M*N*d) beyond
@@ -114,6 +115,19 @@ def knn_op():
     """The Triton knn op, same signature and semantics as torch.ops.eae_kernels.knn."""
     _ensure_registered()
     return torch.ops.eae_kernels.knn_triton.default
+
+
+# The ops on batches of sets, each with the signature and semantics of the C++ op of the same name.
+SET_OPS = ("kl_entropy_sets", "kl_cross_entropy", "kl_divergence", "koleo", "knn_sets")
+
+
+def set_op(name: str):
+    """The Triton op ``name`` (one of SET_OPS): torch.ops.eae_kernels.<name>_triton, with the
+    signature and semantics of torch.ops.eae_kernels.<name>."""
+    if name not in SET_OPS:
+        raise ValueError(f"the triton backend's set ops are {', '.join(SET_OPS)}; got {name!r}")
+    _ensure_registered()
+    return getattr(torch.ops.eae_kernels, f"{name}_triton").default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,10 +218,13 @@ def _kernels() -> SimpleNamespace:
 
     from . import triton_kernels as tk
 
+    plain_kernels = dict(sum_terms=tk._sum_terms_kernel, gather=tk._kl_gather_kernel,
+                         sets_value=tk._sets_value_kernel, sets_gather=tk._sets_gather_kernel)  # fmt: skip
     if _interpret_requested():
-        plain = SimpleNamespace(knn=tk._knn_kernel, search=tk._kl_search_kernel, small=tk._kl_small_kernel)
-        return SimpleNamespace(tuned=False, small_k=plain, large_k=plain, sum_terms=tk._sum_terms_kernel,
-                               gather=tk._kl_gather_kernel)  # fmt: skip
+        plain = SimpleNamespace(knn=tk._knn_kernel, search=tk._kl_search_kernel, small=tk._kl_small_kernel,
+                                knn_sets=tk._knn_sets_kernel, sets_search=tk._sets_search_kernel,
+                                sets_small=tk._sets_small_kernel)  # fmt: skip
+        return SimpleNamespace(tuned=False, small_k=plain, large_k=plain, **plain_kernels)
 
     key = ["n_bucket", "d", "K", "NORM"]  # the Autotuner adds the tensors' dtypes
 
@@ -222,10 +239,18 @@ def _kernels() -> SimpleNamespace:
                 tk._kl_search_kernel
             ),
             small=triton.autotune(configs=small, key=key)(tk._kl_small_kernel),
+            # Batches of sets: n_bucket is the bit length of the larger of Mx and Ny.
+            knn_sets=triton.autotune(configs=configs, key=key + ["CROSS"], prune_configs_by=prune)(
+                tk._knn_sets_kernel
+            ),
+            sets_search=triton.autotune(configs=configs, key=sets_key, prune_configs_by=prune)(
+                tk._sets_search_kernel
+            ),
+            sets_small=triton.autotune(configs=small, key=sets_key)(tk._sets_small_kernel),
         )
 
-    return SimpleNamespace(tuned=True, small_k=tuned(False), large_k=tuned(True), sum_terms=tk._sum_terms_kernel,
-                           gather=tk._kl_gather_kernel)  # fmt: skip
+    sets_key = key + ["SELF", "CROSS", "TERM"]
+    return SimpleNamespace(tuned=True, small_k=tuned(False), large_k=tuned(True), **plain_kernels)
 
 
 # Gradient kernels: rows per program (whole rows of DP coordinates live in registers: at most
@@ -276,14 +301,16 @@ class _Launcher:
         launch = self.wrap(kernel) if self.wrap is not None else kernel
         launch[grid](*args, **meta)
 
-    def searching(self, name: str, grid, args, meta):
-        """One of the search kernels (knn, search, small): autotuned block sizes."""
+    def searching(self, name: str, grid, args, meta, rows: int | None = None):
+        """One of the search kernels (knn, search, small, knn_sets, sets_search, sets_small):
+        autotuned block sizes. rows: the N of the shape class (default: args[0]'s rows)."""
         z = args[0]
         tracked = self.kernels.tuned and z.device.type == "cuda" and not _tracing(z)
-        if tracked:  # the autotuner's key: N's bit length, d, K, NORM and the dtypes
-            n, d = z.shape
+        if tracked:  # the autotuner's key: N's bit length, d, K, NORM (and the set flags), the dtypes
+            n, d = (z.shape[0] if rows is None else rows), z.shape[-1]
+            flags = "".join(f", {flag}={meta[flag]}" for flag in ("SELF", "CROSS", "TERM") if flag in meta)
             what = (f"{name} kernel, {2 ** (n.bit_length() - 1)} <= N < {2 ** n.bit_length()}, d={d}, "
-                    f"k={meta['K']}, norm code {meta['NORM']}, {z.dtype}, {z.device}")  # fmt: skip
+                    f"k={meta['K']}, norm code {meta['NORM']}{flags}, {z.dtype}, {z.device}")  # fmt: skip
             if what not in _TUNED_CLASSES and torch.cuda.is_current_stream_capturing():
                 raise RuntimeError(_CAPTURE_MESSAGE.format(what=what))
         self._run(getattr(self.family, name), grid, args, meta, True)
@@ -393,6 +420,183 @@ def _knn_impl(z, k, p, *, wrap=None):
 
 
 # ---------------------------------------------------------------------------------------------
+# Batches of sets: kl_entropy_sets, kl_cross_entropy, kl_divergence, koleo, knn_sets
+# ---------------------------------------------------------------------------------------------
+
+# The estimators of the set kernels: (EST code, SELF search, CROSS search, sign of the self term,
+# TERM code). EST and TERM as in triton_kernels.py (csrc/core/kl_math.h's estimate_spec).
+_SET_ESTIMATORS = {
+    "kl_entropy_sets": (0, True, False, 1, 0),
+    "kl_cross_entropy": (1, False, True, 1, 0),
+    "kl_divergence": (2, True, True, -1, 0),
+    "koleo": (3, True, False, 1, 1),
+}
+
+
+def _check_set_tensor(x, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or not x.is_floating_point() or x.shape[2] < 1:
+        got = f"{x.dim()}-D {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a floating (B, M, d) tensor with d >= 1; got {got}")
+
+
+def _check_lengths(lengths, x, name: str):
+    """lengths: None or a (B,) int64 tensor on x's device (its values are checked by the public
+    functions; the kernels clamp them to [0, M], so a bad value cannot read out of bounds)."""
+    if lengths is None:
+        return None
+    if not isinstance(lengths, torch.Tensor) or lengths.shape != (x.shape[0],) or lengths.dtype != torch.int64:
+        raise ValueError(f"{name} must be a ({x.shape[0]},) int64 tensor; got {lengths!r:.80}")
+    if lengths.device != x.device:
+        raise ValueError(f"{name} must be on {x.device}; got {lengths.device}")
+    return lengths.contiguous()
+
+
+def _check_sets_pair(x, y, lengths_x, lengths_y):
+    """Contiguous x, y (or None) and lengths, after the shape-level checks of the C++ ops."""
+    _check_set_tensor(x, "x")
+    lengths_x = _check_lengths(lengths_x, x, "lengths_x")
+    if y is not None:
+        _check_set_tensor(y, "y")
+        if y.shape[0] != x.shape[0] or y.shape[2] != x.shape[2] or y.dtype != x.dtype or y.device != x.device:
+            raise ValueError(
+                f"x and y must have the same number of sets, columns, dtype and device; got x {tuple(x.shape)} "
+                f"{x.dtype} {x.device} and y {tuple(y.shape)} {y.dtype} {y.device}"
+            )
+        lengths_y = _check_lengths(lengths_y, y, "lengths_y")
+        y = y.contiguous()
+    elif lengths_y is not None:
+        raise ValueError("lengths_y needs y")
+    return x.contiguous(), y, lengths_x, lengths_y
+
+
+def _check_full_set_sizes(op: str, k: int, mx: int, ny: int, self_search: bool, cross: bool, lengths_x, lengths_y):
+    """Without lengths the set sizes are known on the host: the same rule as the C++ ops."""
+    if self_search and lengths_x is None and not mx > k:
+        raise ValueError(f"{op}: the sets of x have {mx} rows but k={k}: the k-th nearest other row needs more than k rows")
+    if cross and lengths_y is None and not ny >= k:
+        raise ValueError(f"{op}: the sets of y have {ny} rows but k={k}: the k-th nearest row of y needs at least k rows")
+    if cross and lengths_x is None and mx < 1:
+        raise ValueError(f"{op}: the sets of x are empty; the estimate needs a query row")
+
+
+def _estimate_sets_impl(op, x, y, lengths_x, lengths_y, k, p, eps, compute_grad, row_begin=0, row_end=-1, *,
+                        wrap=None):  # fmt: skip
+    """The Triton estimators on batches of sets (op: a key of _SET_ESTIMATORS), with the outputs of
+    the C++ op of the same name (csrc/bindings.cpp): (values (B,), grad_x, grad_y or nbr)."""
+    est, self_search, cross, self_sign, term = _SET_ESTIMATORS[op]
+    k = check_k(_concrete(k))
+    p = check_p(p)
+    eps = check_eps(eps)
+    x, y, lengths_x, lengths_y = _check_sets_pair(x, y if cross else None, lengths_x, lengths_y)
+    sets, mx, d = (_concrete(size) for size in x.shape)
+    ny = _concrete(y.shape[1]) if cross else mx
+    row_begin, row_end = _concrete(row_begin), _concrete(row_end)
+    if (row_begin, row_end) != (0, -1):  # KoLeo's row range (the distributed global batch)
+        if sets != 1 or lengths_x is not None:
+            raise ValueError("a row range needs one set (B = 1) and no lengths")
+        _check_row_range(mx, row_begin, row_end)
+    _check_full_set_sizes(op, k, mx, ny, self_search, cross, lengths_x, lengths_y)
+    launcher = _Launcher(k, wrap)
+    acc = accumulation_dtype(x.dtype)
+
+    values = x.new_empty((sets,), dtype=acc)
+    grad_x = x.new_empty(x.shape) if compute_grad else x.new_empty((0,))
+    grad_y = y.new_empty(y.shape) if compute_grad and cross else x.new_empty((0,))
+    store_nbr = op == "kl_entropy_sets"  # its neighbour list is an output (for the double backward)
+    nbr_self = x.new_empty((sets, mx) if store_nbr else (0,), dtype=torch.int64)
+    if sets == 0:
+        return values, grad_x, (nbr_self if store_nbr else grad_y)
+
+    def per_row(dtype, wanted):  # a (B, Mx) buffer, or a 1-element stand-in the kernels never touch
+        return x.new_empty((sets, mx) if wanted else (1,), dtype=dtype)
+
+    terms_s, terms_c = per_row(torch.float64, self_search), per_row(torch.float64, cross)
+    if not store_nbr:
+        nbr_self = per_row(torch.int64, self_search and compute_grad)
+    nbr_c = per_row(torch.int64, cross and compute_grad)
+    w_s, w_c = per_row(acc, self_search and compute_grad), per_row(acc, cross and compute_grad)
+    y_arg = y if cross else x
+    lx = lengths_x if lengths_x is not None else x
+    ly = lengths_y if lengths_y is not None else x
+
+    eps_bits = _f64_bits(eps)
+    logv_bits = _f64_bits(log_unit_ball_volume(d, p))
+    euler_bits = _f64_bits(EULER_GAMMA)
+    rows = max(mx, ny)
+    flags = dict(SELF=self_search, CROSS=cross, HAS_LX=lengths_x is not None, HAS_LY=lengths_y is not None)
+    kind = dict(K=k, KP=launcher.kp, NORM=_NORM_CODES[p])
+    dp = _next_pow2(d)
+    block_g = _gather_rows_per_program(dp, x.dtype == torch.float64)
+    work = mx * ((mx if self_search else 0) + (ny if cross else 0)) * d  # per set
+    small = rows <= SMALL_BATCH_MAX_ROWS and d <= SMALL_BATCH_MAX_DIM and work <= SMALL_BATCH_MAX_WORK
+    buffers = (terms_s, terms_c, nbr_self, nbr_c, w_s, w_c)
+    shape = (mx, ny, d, row_begin, row_end)
+
+    with _device_guard(x):
+        if small:
+            launcher.searching(
+                "sets_small", (sets,),
+                (x, y_arg, lx, ly, values, grad_x, grad_y, *buffers, *shape, eps_bits, logv_bits, euler_bits,
+                 rows.bit_length()),
+                dict(kind, **flags, EST=est, SELF_SIGN=self_sign, STORE_NBR=store_nbr, COMPUTE_GRAD=compute_grad,
+                     TERM=term, BLOCK_G=block_g, GATHER_SCAN=launcher.gather_scan, SUM_BLOCK=_SUM_BLOCK, DP=dp),
+                rows=rows,
+            )  # fmt: skip
+        else:
+            launcher.searching(
+                "sets_search", lambda meta: (sets * _cdiv(mx, meta["BLOCK_M"]),),
+                (x, y_arg, lx, ly, *buffers, *shape, eps_bits, rows.bit_length()),
+                dict(kind, **flags, SELF_SIGN=self_sign, STORE_NBR=store_nbr or compute_grad,
+                     STORE_WEIGHT=compute_grad, TERM=term),
+                rows=rows,
+            )  # fmt: skip
+            launcher.plain(
+                "sets_value", (sets,),
+                (lx, ly, terms_s, terms_c, values, *shape, logv_bits, euler_bits),
+                dict(flags, EST=est, SELF_SIGN=self_sign, SUM_BLOCK=_SUM_BLOCK, K=k), _SMALL_NUM_WARPS,
+            )  # fmt: skip
+            if compute_grad:
+                for of_y, grad, padded in [(False, grad_x, mx)] + ([(True, grad_y, ny)] if cross else []):
+                    if padded == 0:
+                        continue
+                    launcher.plain(
+                        "sets_gather", (sets * _cdiv(padded, block_g),),
+                        (x, y_arg, lx, ly, grad, nbr_self, w_s, nbr_c, w_c, *shape),
+                        dict(flags, EST=est, OF_Y=of_y, NORM=kind["NORM"], BLOCK_G=block_g,
+                             BLOCK_N=launcher.gather_scan, DP=dp),
+                    )  # fmt: skip
+    return values, grad_x, (nbr_self if store_nbr else grad_y)
+
+
+def _knn_sets_impl(x, y, lengths_x, lengths_y, k, p, *, wrap=None):
+    """The Triton knn_sets: (B, Mx, k) ascending distances and int64 indices, 0 / -1 on padded
+    query rows, as torch.ops.eae_kernels.knn_sets."""
+    k = check_k(_concrete(k))
+    p = check_p(p)
+    x, y, lengths_x, lengths_y = _check_sets_pair(x, y, lengths_x, lengths_y)
+    sets, mx, d = (_concrete(size) for size in x.shape)
+    cross = y is not None
+    ny = _concrete(y.shape[1]) if cross else mx
+    if mx > 0:  # an empty query set needs nothing
+        _check_full_set_sizes("knn_sets", k, mx, ny, not cross, cross, lengths_x, lengths_y)
+    launcher = _Launcher(k, wrap)
+    dist = x.new_empty((sets, mx, k), dtype=accumulation_dtype(x.dtype))
+    idx = x.new_empty((sets, mx, k), dtype=torch.int64)
+    if sets * mx == 0:
+        return dist, idx
+    with _device_guard(x):
+        launcher.searching(
+            "knn_sets", lambda meta: (sets * _cdiv(mx, meta["BLOCK_M"]),),
+            (x, y if cross else x, lengths_x if lengths_x is not None else x,
+             lengths_y if lengths_y is not None else x, dist, idx, mx, ny, d, max(mx, ny).bit_length()),
+            dict(K=k, KP=launcher.kp, NORM=_NORM_CODES[p], CROSS=cross, HAS_LX=lengths_x is not None,
+                 HAS_LY=lengths_y is not None),
+            rows=max(mx, ny),
+        )  # fmt: skip
+    return dist, idx
+
+
+# ---------------------------------------------------------------------------------------------
 # Registration as torch.library ops, with the C++ ops' autograd formulas
 # ---------------------------------------------------------------------------------------------
 
@@ -435,6 +639,82 @@ def _knn_backward(ctx, grad_dist, _grad_idx):
     return torch.ops.eae_kernels.knn_backward(grad_dist, z, dist, idx, ctx.p), None, None
 
 
+def _scale_by_set(saved, grad_value):
+    """Each set's incoming gradient (B,) times the saved per-set gradient (B, M, d)."""
+    return saved * grad_value.to(saved.dtype).view(-1, 1, 1)
+
+
+def _check_grad_computed(ctx, op: str) -> None:
+    if not ctx.compute_grad:
+        raise RuntimeError(
+            f"eae_kernels.{op}: the gradient was not computed in the forward pass because no input required "
+            "grad (or grad mode was off) when it was called"
+        )
+
+
+def _sets_setup_context(ctx, inputs, output):
+    z, _lengths, _k, p, eps, compute_grad = inputs
+    _h, grad, nbr = output
+    ctx.save_for_backward(z, grad, nbr)
+    ctx.p, ctx.eps, ctx.compute_grad = p, eps, compute_grad
+    ctx.mark_non_differentiable(nbr)
+    ctx.set_materialize_grads(False)
+
+
+def _sets_backward(ctx, grad_h, grad_grad, _grad_nbr):
+    _check_grad_computed(ctx, "kl_entropy")
+    z, grad, nbr = ctx.saved_tensors
+    grad_z = _scale_by_set(grad, grad_h) if grad_h is not None else torch.zeros_like(grad)
+    if grad_grad is not None:  # double backward: the Hessian-vector product, neighbours held fixed
+        grad_z = grad_z + torch.ops.eae_kernels.kl_entropy_sets_hvp(z, nbr, grad_grad, ctx.p, ctx.eps)
+    return grad_z, None, None, None, None, None
+
+
+def _pair_setup_context(ctx, inputs, output):
+    ctx.compute_grad = inputs[7]
+    _value, grad_x, grad_y = output
+    ctx.save_for_backward(grad_x, grad_y)
+    ctx.mark_non_differentiable(grad_x, grad_y)
+
+
+def _pair_backward(op: str):
+    def backward(ctx, grad_value, _gx, _gy):
+        _check_grad_computed(ctx, op)
+        grad_x, grad_y = ctx.saved_tensors
+        with torch.no_grad():  # once differentiable, as the C++ op: a double backward raises
+            return _scale_by_set(grad_x, grad_value), _scale_by_set(grad_y, grad_value), None, None, None, None, None, None
+
+    return backward
+
+
+def _koleo_setup_context(ctx, inputs, output):
+    ctx.compute_grad = inputs[3]
+    _loss, grad = output
+    ctx.save_for_backward(grad)
+    ctx.mark_non_differentiable(grad)
+
+
+def _koleo_backward(ctx, grad_loss, _grad):
+    _check_grad_computed(ctx, "koleo_loss")
+    (grad,) = ctx.saved_tensors
+    with torch.no_grad():
+        return _scale_by_set(grad, grad_loss), None, None, None, None, None
+
+
+def _knn_sets_setup_context(ctx, inputs, output):
+    x, y, _lx, _ly, _k, p = inputs
+    dist, idx = output
+    ctx.save_for_backward(x, y, dist, idx)
+    ctx.p, ctx.cross = p, y is not None
+    ctx.mark_non_differentiable(idx)
+
+
+def _knn_sets_backward(ctx, grad_dist, _grad_idx):
+    x, y, dist, idx = ctx.saved_tensors
+    grad_x, grad_y = torch.ops.eae_kernels.knn_sets_backward(grad_dist, x, y, dist, idx, ctx.p)
+    return grad_x, (grad_y if ctx.cross else None), None, None, None, None
+
+
 _REGISTERED = False
 
 
@@ -469,13 +749,55 @@ def _register_ops() -> None:
     def knn_triton(z: torch.Tensor, k: int, p: float) -> tuple[torch.Tensor, torch.Tensor]:
         return _knn_impl(z, k, p, wrap=wrap)
 
-    if triton_op is not None:
-        kl = triton_op("eae_kernels::kl_entropy_triton", kl_entropy_triton, mutates_args=())
-        knn = triton_op("eae_kernels::knn_triton", knn_triton, mutates_args=())
-    else:
-        kl = torch.library.custom_op("eae_kernels::kl_entropy_triton", kl_entropy_triton, mutates_args=())
-        knn = torch.library.custom_op("eae_kernels::knn_triton", knn_triton, mutates_args=())
-        kl.register_fake(_fake.kl_entropy)
-        knn.register_fake(_fake.knn)
-    kl.register_autograd(_kl_backward, setup_context=_kl_setup_context)
-    knn.register_autograd(_knn_backward, setup_context=_knn_setup_context)
+    # (Annotations spelled out: with postponed evaluation they are resolved in the module's globals.)
+    def kl_entropy_sets_triton(
+        z: torch.Tensor, lengths: Optional[torch.Tensor], k: int, p: float, eps: float, compute_grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _estimate_sets_impl("kl_entropy_sets", z, None, lengths, None, k, p, eps, compute_grad, wrap=wrap)
+
+    def kl_cross_entropy_triton(
+        x: torch.Tensor, y: torch.Tensor, lengths_x: Optional[torch.Tensor], lengths_y: Optional[torch.Tensor],
+        k: int, p: float, eps: float, compute_grad: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        return _estimate_sets_impl("kl_cross_entropy", x, y, lengths_x, lengths_y, k, p, eps, compute_grad, wrap=wrap)
+
+    def kl_divergence_triton(
+        x: torch.Tensor, y: torch.Tensor, lengths_x: Optional[torch.Tensor], lengths_y: Optional[torch.Tensor],
+        k: int, p: float, eps: float, compute_grad: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        return _estimate_sets_impl("kl_divergence", x, y, lengths_x, lengths_y, k, p, eps, compute_grad, wrap=wrap)
+
+    def koleo_triton(
+        x: torch.Tensor, lengths: Optional[torch.Tensor], eps: float, compute_grad: bool, row_begin: int = 0,
+        row_end: int = -1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        loss, grad, _ = _estimate_sets_impl(
+            "koleo", x, None, lengths, None, 1, 2.0, eps, compute_grad, row_begin, row_end, wrap=wrap
+        )
+        return loss, grad
+
+    def knn_sets_triton(
+        x: torch.Tensor, y: Optional[torch.Tensor], lengths_x: Optional[torch.Tensor],
+        lengths_y: Optional[torch.Tensor], k: int, p: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        return _knn_sets_impl(x, y, lengths_x, lengths_y, k, p, wrap=wrap)
+
+    # name -> (implementation, fake kernel, backward, setup_context)
+    ops = {
+        "kl_entropy": (kl_entropy_triton, _fake.kl_entropy, _kl_backward, _kl_setup_context),
+        "knn": (knn_triton, _fake.knn, _knn_backward, _knn_setup_context),
+        "kl_entropy_sets": (kl_entropy_sets_triton, _fake.kl_entropy_sets, _sets_backward, _sets_setup_context),
+        "kl_cross_entropy": (kl_cross_entropy_triton, _fake.kl_cross_entropy, _pair_backward("kl_cross_entropy"),
+                             _pair_setup_context),
+        "kl_divergence": (kl_divergence_triton, _fake.kl_divergence, _pair_backward("kl_divergence"),
+                          _pair_setup_context),
+        "koleo": (koleo_triton, _fake.koleo, _koleo_backward, _koleo_setup_context),
+        "knn_sets": (knn_sets_triton, _fake.knn_sets, _knn_sets_backward, _knn_sets_setup_context),
+    }  # fmt: skip
+    for name, (impl, fake, backward, setup_context) in ops.items():
+        if triton_op is not None:
+            op = triton_op(f"eae_kernels::{name}_triton", impl, mutates_args=())
+        else:
+            op = torch.library.custom_op(f"eae_kernels::{name}_triton", impl, mutates_args=())
+            op.register_fake(fake)
+        op.register_autograd(backward, setup_context=setup_context)
