@@ -73,6 +73,8 @@ def _triton_reason(device: torch.device) -> Optional[str]:
 def _triton_op(name: str) -> Callable:
     from . import triton_backend
 
+    if name in triton_backend.SET_OPS:
+        return triton_backend.set_op(name)
     return {"kl_entropy": triton_backend.kl_entropy_op, "knn": triton_backend.knn_op}[name]()
 
 
@@ -87,7 +89,7 @@ BACKENDS: dict[str, Backend] = {
     for b in (
         Backend("cpu", ("cpu",), ALL_OPS, lambda dev: _compiled_reason(dev, "cpu"), _compiled_op),
         Backend("cuda", ("cuda",), SINGLE_SET_OPS + (KSG_OP,), lambda dev: _compiled_reason(dev, "cuda"), _compiled_op),
-        Backend("triton", ("cuda",), SINGLE_SET_OPS + (KSG_OP,), _triton_reason, _triton_op),
+        Backend("triton", ("cuda",), ALL_OPS, _triton_reason, _triton_op),
         Backend("reference", (), ALL_OPS, lambda dev: None, _reference_op),
     )
 }

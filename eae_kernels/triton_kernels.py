@@ -742,7 +742,8 @@ def _search_in(
         if EXCLUDE_SELF:
             candidate = candidate & (cols[None, :] != rows[:, None])
         keys = tl.where(candidate & (raw == raw), raw, _INF)
-        cidx = tl.where(candidate, cols[None, :], _BIG)
+        # (BLOCK_M, BLOCK_N) even where `candidate` does not depend on the row (the cross search)
+        cidx = tl.where(candidate, tl.broadcast_to(cols[None, :], (BLOCK_M, BLOCK_N)), _BIG)
         top_key, top_idx = _merge_tile(keys, cidx, top_key, top_idx)
     return top_key, top_idx
 
