@@ -6,14 +6,16 @@
 
 For every backend available on the device (``cuda``, ``triton``) it runs a fixed set of cases
 that go through every execution path: the small one-launch kernel, the tiled search with the
-atomic gradient, the tiled search with the deterministic gather, knn; k in {1, 5}, p in {1, 2,
-inf}, float32 and bfloat16, a transposed (non-contiguous) input and integer rows full of exact
-ties and duplicates. Each case is compared with the CPU kernel on the same input (bfloat16 rows
+atomic gradient, the tiled search with the deterministic gather, knn, and, for the backends that
+implement them, a ragged batch of sets (kl_entropy_sets: "sets") and of set pairs
+(kl_divergence, gradients of x and y: "cross"); k in {1, 5}, p in {1, 2, inf}, float32 and
+bfloat16, a transposed (non-contiguous) input and integer rows full of exact ties and
+duplicates. Each case is compared with the CPU kernel on the same input (bfloat16 rows
 are compared after rounding, both sides computing in float32):
 
   * neighbours: identical (exact ties go to the lower index on every backend; the random inputs
     have no near-ties closer than a rounding);
-  * H, dH/dz and knn distances: within rounding, not bit for bit (see ``TOLERANCES``: another
+  * H (or the set values), the gradients and knn distances: within rounding, not bit for bit (see ``TOLERANCES``: another
     order of float additions, fused multiply-adds, another log);
   * deterministic cases (the small path, deterministic=True): a second call gives the same bits.
 
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Case", "Result", "cases", "check", "backend_healthy", "warmup", "format_table", "main", "AUTO_SELFCHECK_ENV"]
+__all__ = ["Case", "Result", "cases", "cases_for", "check", "backend_healthy", "warmup", "format_table", "main", "AUTO_SELFCHECK_ENV"]
 
 AUTO_SELFCHECK_ENV = "EAE_KERNELS_AUTO_SELFCHECK"
 EPS = 1e-8
@@ -56,7 +58,7 @@ AUTO_CHECK_DEVICE_TYPES = ("cuda",)
 
 @dataclass(frozen=True)
 class Case:
-    path: str  # "small", "tiled-atomic", "tiled-gather" or "knn"
+    path: str  # "small", "tiled-atomic", "tiled-gather", "knn", or a set op's: "sets", "cross"
     k: int
     p: float
     dtype: torch.dtype = torch.float32
@@ -66,6 +68,11 @@ class Case:
     @property
     def deterministic(self) -> bool:
         return self.path == "tiled-gather"
+
+    @property
+    def op(self) -> str:
+        """The backend-table op this case runs (backends.py)."""
+        return SET_PATHS.get(self.path, "knn" if self.path == "knn" else "kl_entropy")
 
     @property
     def label(self) -> str:
@@ -105,8 +112,15 @@ FULL = [
     Case("knn", 5, 2.0),
     Case("knn", 1, INF, layout="transposed"),
     Case("knn", 5, 1.0, data="ties"),
+    Case("sets", 5, 2.0),
+    Case("sets", 1, 1.0, data="ties"),
+    Case("cross", 1, 2.0),
+    Case("cross", 5, INF, torch.bfloat16),
 ]
 QUICK = [Case("small", 1, 2.0), Case("tiled-atomic", 5, 1.0), Case("tiled-gather", 1, INF)]
+# The cases on batches of sets (ragged lengths, the last set full): path -> op. "sets": the
+# entropy of each set; "cross": the divergence (self and cross search, gradients of x and y).
+SET_PATHS = {"sets": "kl_entropy_sets", "cross": "kl_divergence"}
 
 
 def _sizes(device: torch.device, quick: bool) -> dict[str, tuple[int, int]]:
@@ -115,13 +129,23 @@ def _sizes(device: torch.device, quick: bool) -> dict[str, tuple[int, int]]:
     the expected results); in the interpreter they are tiny and the path is forced."""
     if device.type == "cuda":
         if quick:
-            return {"small": (256, 8), "tiled": (1100, 8), "knn": (1100, 8)}
-        return {"small": (300, 16), "tiled": (2500, 16), "knn": (2500, 16)}
-    return {"small": (24, 3), "tiled": (40, 3), "knn": (30, 3)}
+            return {"small": (256, 8), "tiled": (1100, 8), "knn": (1100, 8), "sets": (100, 8)}
+        return {"small": (300, 16), "tiled": (2500, 16), "knn": (2500, 16), "sets": (100, 16)}
+    return {"small": (24, 3), "tiled": (40, 3), "knn": (30, 3), "sets": (14, 3)}
+
+
+SETS_B = 4  # sets per batch in the set cases
 
 
 def cases(quick: bool = False) -> list[Case]:
     return list(QUICK if quick else FULL)
+
+
+def cases_for(backend: str, quick: bool = False) -> list[Case]:
+    """The cases of ``backend``: those whose op it implements (backends.BACKENDS)."""
+    from . import backends
+
+    return [case for case in cases(quick) if case.op in backends.BACKENDS[backend].ops]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +234,61 @@ def _relative(a: torch.Tensor, b: torch.Tensor, floor: float) -> float:
     return diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
 
 
+def _set_inputs(case: Case, n: int, d: int, seed: int):
+    """(x, y or None, lengths_x, lengths_y or None) of a set case: SETS_B ragged sets."""
+    x = torch.stack([_input(case, n, d, seed + b) for b in range(SETS_B)])
+    g = torch.Generator().manual_seed(seed)
+    lx = torch.randint(case.k + 1, n + 1, (SETS_B,), generator=g)
+    lx[-1] = n
+    if case.path != "cross":
+        return x, None, lx, None
+    y = torch.stack([_input(case, n - 3, d, seed + 100 + b) for b in range(SETS_B)])
+    ly = torch.randint(case.k, n - 2, (SETS_B,), generator=g)
+    return x, y, lx, ly
+
+
+def _run_set_case(backend: str, case: Case, device: torch.device, seed: int, quick: bool) -> Result:
+    from . import backends
+
+    n, d = _sizes(device, quick)["sets"]
+    inputs = _set_inputs(case, n, d, seed)
+    if case.path == "sets":
+        args = lambda x, y, lx, ly: (x, lx, case.k, case.p, EPS, True)  # noqa: E731
+    else:
+        args = lambda x, y, lx, ly: (x, y, lx, ly, case.k, case.p, EPS, True)  # noqa: E731
+    op = backends.op_for(backend, case.op)
+    on_device = [None if t is None else t.to(device) for t in inputs]
+    run = lambda: op(*args(*on_device))  # noqa: E731
+    expected = getattr(torch.ops.eae_kernels, case.op)(*args(*inputs))
+    _sync(device)
+    start = time.perf_counter()
+    got = run()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    repeat_ok = all(torch.equal(a, b) for a, b in zip(got, run()))  # no atomics: always deterministic
+
+    tol_value, tol_grad = TOLERANCES[case.dtype]
+    problems = []
+    value_error = _relative(got[0], expected[0], 1.0)
+    grad_errors = [_relative(got[1], expected[1], 0.0)]
+    if case.path == "sets":
+        if not torch.equal(got[2].cpu(), expected[2]):
+            problems.append("neighbours differ")
+    else:
+        grad_errors.append(_relative(got[2], expected[2], 0.0))
+    if value_error > tol_value:
+        problems.append(f"value off by {value_error:.2e}")
+    if max(grad_errors) > tol_grad:
+        problems.append(f"gradient off by {max(grad_errors):.2e}")
+    if not repeat_ok:
+        problems.append("deterministic repeat differs")
+    error = max(value_error, *grad_errors)
+    return Result(backend, case, n, d, error, repeat_ok, not problems, seconds, "; ".join(problems))
+
+
 def _run_case(backend: str, case: Case, device: torch.device, seed: int, quick: bool) -> Result:
+    if case.path in SET_PATHS:
+        return _run_set_case(backend, case, device, seed, quick)
     sizes = _sizes(device, quick)
     n, d = sizes["knn" if case.path == "knn" else ("small" if case.path == "small" else "tiled")]
     z_cpu = _input(case, n, d, seed)
@@ -267,6 +345,8 @@ def check(backends=None, device="cuda", *, quick: bool = False, seed: int = 0) -
     results = []
     for backend in backends:
         for i, case in enumerate(cases(quick)):
+            if case not in cases_for(backend, quick):  # an op this backend does not implement
+                continue
             try:
                 results.append(_run_case(backend, case, device, seed + i, quick))
             except Exception as exc:  # a broken kernel or build: report it as this case's failure

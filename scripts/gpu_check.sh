@@ -10,11 +10,16 @@
 #      of fp32 peak); the CUDA tile/path variants; a CUDA-graph replay at N=100; and the scale
 #      run N=1,000,000, d=64 with its peak memory                                         ~2 min
 #   3b. scripts/gpu_triton_check.py: Triton kernel count, CUDA graph, small/tiled crossover (<= 90 s)
+#   3c. scripts/gpu_triton_sets_check.py: the Triton ops on batches of sets (batched entropy, ragged
+#      divergence and cross-entropy, koleo_loss, cross-set knn) against the CPU op, and timed
+#      against a loop of single-set calls, the dense reference, the DINOv2 formula, cdist + topk;
+#      then pytest tests/test_triton_estimators.py                                        <= 5 min
 #   4. pytest -x tests (the whole suite, CUDA cases included) with the time that is left
 #
 # Usage (from the repository root):  OUT=/some/dir bash scripts/gpu_check.sh
 # Everything it prints is also written under $OUT: build.log, test_cuda.log, bench.log,
-# bench.json, bench.md, triton_check.log, tests.log and summary.txt (what passed, what failed).
+# bench.json, bench.md, triton_check.log, triton_sets.log, test_triton_sets.log, tests.log and summary.txt
+# (what passed, what failed).
 # GPU_CHECK_DRY=1 rehearses the script without a GPU (no build, no tests; the self-check on the
 # Triton interpreter, the timing harness on the CPU backend at small N), so that a mistake in it
 # does not cost GPU time.
@@ -277,6 +282,17 @@ cat "$OUT/bench.log"
 if [ "$DRY" != 1 ] && [ "$(left)" -gt 90 ]; then
   timeout 90 "$PY" scripts/gpu_triton_check.py >"$OUT/triton_check.log" 2>&1
   note "triton check: exit $? ($(elapsed) s); see triton_check.log"
+fi
+
+# ---- 3c. Triton ops on batches of sets: checked against the CPU op and timed (dry: interpreter) --
+if [ "$(left)" -gt 60 ]; then
+  timeout 150 "$PY" scripts/gpu_triton_sets_check.py >"$OUT/triton_sets.log" 2>&1
+  note "triton set ops: exit $? ($(elapsed) s): $(grep '^set ops:' "$OUT/triton_sets.log" || echo 'no verdict (timed out?)')"
+  cat "$OUT/triton_sets.log"
+fi
+if [ "$DRY" != 1 ] && [ "$(left)" -gt 150 ]; then
+  timeout 150 "$PY" -m pytest -q -x tests/test_triton_estimators.py -p no:cacheprovider >"$OUT/test_triton_sets.log" 2>&1
+  note "tests/test_triton_estimators.py: exit $? ($(elapsed) s): $(tail -1 "$OUT/test_triton_sets.log")"
 fi
 
 # ---- 4. The whole suite with the time that is left ---------------------------------------------

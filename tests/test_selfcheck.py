@@ -64,7 +64,8 @@ def test_selfcheck_passes(capsys):
     """The whole check, every case, as `python -m eae_kernels.selfcheck --device cpu` runs it."""
     assert selfcheck.main(["--device", DEVICE]) == 0
     out = capsys.readouterr().out
-    n = len(selfcheck.FULL) * (2 if DEVICE.startswith("cuda") and _extension.with_cuda() else 1)
+    checked = ["triton"] + (["cuda"] if DEVICE.startswith("cuda") and _extension.with_cuda() else [])
+    n = sum(len(selfcheck.cases_for(backend)) for backend in checked)
     assert f"{n} of {n} cases passed" in out and "FAIL" not in out
     for path in ("small", "tiled-atomic", "tiled-gather", "knn"):
         assert f"triton   {path}" in out
@@ -73,7 +74,7 @@ def test_selfcheck_passes(capsys):
 
 def test_cases_cover_every_path_and_option():
     cases = selfcheck.FULL
-    assert {c.path for c in cases} == {"small", "tiled-atomic", "tiled-gather", "knn"}
+    assert {c.path for c in cases} == {"small", "tiled-atomic", "tiled-gather", "knn", "sets", "cross"}
     assert {c.k for c in cases} == {1, 5}
     assert {c.p for c in cases} == {1.0, 2.0, float("inf")}
     assert {c.dtype for c in cases} == {torch.float32, torch.bfloat16}
