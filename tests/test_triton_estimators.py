@@ -318,3 +318,13 @@ def test_set_kernels_compile_for_sm80_and_sm90():
         pytest.skip(done.stderr.strip().splitlines()[-1])
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.count("compiled") == 20
+
+
+@pytest.mark.subprocess
+def test_set_ops_trace_into_their_kernels():
+    """The GPU registration (triton_op + wrap_triton) traced as torch.compile does, without a GPU:
+    each op decomposes into its kernels (tests/scripts/triton_trace_sets.py)."""
+    script = Path(__file__).resolve().parent / "scripts" / "triton_trace_sets.py"
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "traced" in done.stdout, done.stderr[-4000:]
