@@ -6,13 +6,17 @@ The kernels are in ``triton_kernels.py``; this module holds the op glue ``ops.py
     kl_entropy_op()  -> the op  (z, k, p, eps, compute_grad, deterministic, row_begin=0,
                                  row_end=-1) -> (h, dh/dz, nbr), as torch.ops.eae_kernels.kl_entropy
     knn_op()         -> the op  (z, k, p) -> (dist, idx), as torch.ops.eae_kernels.knn
+    set_op(name)     -> the op on batches of sets, name in SET_OPS (kl_entropy_sets,
+                        kl_cross_entropy, kl_divergence, koleo, knn_sets), with the signature
+                        and outputs of torch.ops.eae_kernels.<name>
 
-The ops are registered on first use as ``torch.ops.eae_kernels.kl_entropy_triton`` and
-``torch.ops.eae_kernels.knn_triton`` with ``torch.library.triton_op`` (so ``torch.compile`` sees
-the kernels) or, in the interpreter and on torch < 2.6, ``torch.library.custom_op``. Their autograd is
-the C++ ops' (csrc/autograd.cpp): backward = grad_h * dh/dz, double backward adds
-``kl_entropy_hvp``; knn's backward is ``knn_backward``. Importing this module is cheap and works
-without triton: triton is imported on first use.
+The ops are registered on first use as ``torch.ops.eae_kernels.<name>_triton`` with
+``torch.library.triton_op`` (so ``torch.compile`` sees the kernels) or, in the interpreter and on
+torch < 2.6, ``torch.library.custom_op`` with the fake kernels of _fake.py. Their autograd is the
+C++ ops' (csrc/autograd.cpp): backward = grad_h * dh/dz, double backward adds ``kl_entropy_hvp``
+(``kl_entropy_sets_hvp`` for batches); knn's backward is ``knn_backward`` (``knn_sets_backward``);
+kl_cross_entropy, kl_divergence and koleo scale their saved gradients, once differentiable.
+Importing this module is cheap and works without triton: triton is imported on first use.
 
 How a kl_entropy call runs (N rows, M = row_end - row_begin of them in the range):
 
@@ -26,6 +30,16 @@ How a kl_entropy call runs (N rows, M = row_end - row_begin of them in the range
 Besides the outputs, both paths use an (M,) float64 buffer of the per-row log terms and, for
 the gather, an (M,) buffer of gradient weights. The input is made contiguous first (a copy for
 other layouts), so every layout runs the same kernels and gets the same bits.
+
+How a call of an op on batches of sets runs (B sets, x (B, Mx, d), y (B, Ny, d), optional
+lengths read on the device): every kernel covers the whole batch in one launch (a flat grid over
+(set, row block), see triton_kernels.py). Sets of at most 1024 rows, d <= 256, with per-set work
+Mx (Mx + Ny) d <= SMALL_BATCH_MAX_WORK or at least SMALL_PATH_MIN_SETS sets: ONE launch, one
+program per set (search, value, gradients). Otherwise: search, per-set value, and one gather
+per gradient (x; y for the cross ops). No atomics on either path: always deterministic. Scratch:
+(B, Mx) per-row terms, neighbours and weights per search. Set sizes are validated by the public
+functions (which read the lengths); here only what needs no host synchronisation is checked,
+and the kernels clamp the lengths to [0, M].
 
 Deterministic results (the small path, deterministic=True) are the same bits whichever
 autotuning candidate wins: the candidates differ in block sizes only, and no sum's order depends
@@ -65,6 +79,12 @@ __all__ = ["unavailable_reason", "kl_entropy_op", "knn_op", "set_op", "SET_OPS"]
 SMALL_BATCH_MAX_ROWS = 1024
 SMALL_BATCH_MAX_DIM = 256
 SMALL_BATCH_MAX_WORK = 1 << 22
+
+# Batches of sets: one program per set runs a whole set (search, value, gradients). Beyond the
+# per-set work bound above, a batch of at least this many sets still takes that path: it fills
+# the GPU by itself (an H100/H200 has 132 SMs), so splitting each set into row blocks only adds
+# launches. An estimate, not a measurement: tune it on the GPU.
+SMALL_PATH_MIN_SETS = 128
 
 _NORM_CODES = {1.0: 1, 2.0: 2, math.inf: 0}  # p -> the kernels' NORM (the C++ core's Norm codes)
 
@@ -528,7 +548,8 @@ def _estimate_sets_impl(op, x, y, lengths_x, lengths_y, k, p, eps, compute_grad,
     dp = _next_pow2(d)
     block_g = _gather_rows_per_program(dp, x.dtype == torch.float64)
     work = mx * ((mx if self_search else 0) + (ny if cross else 0)) * d  # per set
-    small = rows <= SMALL_BATCH_MAX_ROWS and d <= SMALL_BATCH_MAX_DIM and work <= SMALL_BATCH_MAX_WORK
+    small = (rows <= SMALL_BATCH_MAX_ROWS and d <= SMALL_BATCH_MAX_DIM
+             and (work <= SMALL_BATCH_MAX_WORK or sets >= SMALL_PATH_MIN_SETS))  # fmt: skip
     buffers = (terms_s, terms_c, nbr_self, nbr_c, w_s, w_c)
     shape = (mx, ny, d, row_begin, row_end)
 
