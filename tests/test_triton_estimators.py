@@ -328,3 +328,16 @@ def test_set_ops_trace_into_their_kernels():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "traced" in done.stdout, done.stderr[-4000:]
+
+
+def test_opcheck():
+    """torch.library's checks of the registrations: schema, fake kernels, autograd."""
+    x = sets(2, 12, 2, seed=26, dtype=torch.float32).to(DEVICE).requires_grad_(True)
+    y = sets(2, 9, 2, seed=27, dtype=torch.float32).to(DEVICE).requires_grad_(True)
+    lx = lengths(12, 6).to(DEVICE)
+    ops = torch.ops.eae_kernels
+    triton_backend.set_op("knn_sets")  # registers the ops
+    torch.library.opcheck(ops.kl_entropy_sets_triton.default, (x, lx, 2, 2.0, EPS, True))
+    torch.library.opcheck(ops.kl_divergence_triton.default, (x, y, lx, None, 1, 1.0, EPS, True))
+    torch.library.opcheck(ops.koleo_triton.default, (x, None, EPS, True))
+    torch.library.opcheck(ops.knn_sets_triton.default, (x, y, lx, None, 2, INF))
