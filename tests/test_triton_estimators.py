@@ -169,6 +169,22 @@ def test_full_batch_equals_a_loop_of_single_sets():
         assert torch.equal(nbr[b], nbr1.cpu())
 
 
+def test_edge_shapes_and_layouts():
+    """d = 1, d = 70 (a 128-wide gather tile), a set of exactly k + 1 rows, and non-contiguous
+    inputs (copied to one layout: the same bits as their contiguous copies)."""
+    for d, m in [(1, 4), (70, 13)]:
+        x, y = sets(2, 13, d, seed=30 + d), sets(2, 9, d, seed=40 + d)
+        got, expected = run_both("kl_divergence", x, y, lengths(13, m), lengths(9, 3), 3, 2.0, EPS, True)
+        for a, b in zip(got, expected):
+            assert_close(a, b, rtol=1e-9, atol=1e-12)
+    base = sets(2, 3, 15, seed=50, dtype=torch.float32).to(DEVICE)
+    x = base.transpose(1, 2)  # (2, 15, 3), not contiguous
+    assert not x.is_contiguous()
+    op = triton_backend.set_op("kl_entropy_sets")
+    for a, b in zip(op(x, None, 2, 1.0, EPS, True), op(x.contiguous(), None, 2, 1.0, EPS, True)):
+        assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------------------------------------
 # knn_sets
 # ---------------------------------------------------------------------------------------------
