@@ -83,7 +83,7 @@ def test_cases_cover_every_path_and_option():
 
 
 def test_a_wrong_gradient_is_caught_and_reported(wrong_triton_gradient, capsys):
-    results = selfcheck.check(["triton"], DEVICE, quick=True)
+    results = [r for r in selfcheck.check(["triton"], DEVICE, quick=True) if r.case.op == "kl_entropy"]
     assert results and not any(r.passed for r in results)
     assert all(r.detail.startswith("gradient off by") and ";" not in r.detail for r in results)  # only that
     assert all(abs(r.max_error - 1e-3) < 1e-5 for r in results)
