@@ -634,7 +634,7 @@ def _kl_small_kernel(
 #   _sets_small_kernel   (B,)                       one program per set does all of the above
 #   _knn_sets_kernel     (B * cdiv(Mx, BLOCK_M),)   sorted distances and indices
 
-_TERM_KL = tl.constexpr(0)
+# Terms: 0 the Kozachenko-Leonenko 0.5 log(r^2 + eps^2), 1 KoLeo's log(r + eps).
 _TERM_KOLEO = tl.constexpr(1)
 # Estimators (the value's constant): 0 entropy, 1 cross-entropy, 2 divergence, 3 KoLeo.
 _EST_ENTROPY = tl.constexpr(0)
@@ -882,7 +882,7 @@ def _set_value(
             constant = _digamma_int(m, euler_bits) - psi_k + _f64_from_bits(logv_bits)
         elif EST == _EST_CROSS:
             constant = _digamma_int(n + 1, euler_bits) - psi_k + _f64_from_bits(logv_bits)
-        else:
+        else:  # _EST_DIVERGENCE
             constant = _digamma_int(n + 1, euler_bits) - _digamma_int(m, euler_bits)
     total = 0.0 * one
     if SELF:
