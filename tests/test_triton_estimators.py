@@ -357,3 +357,17 @@ def test_opcheck():
     torch.library.opcheck(ops.kl_divergence_triton.default, (x, y, lx, None, 1, 1.0, EPS, True))
     torch.library.opcheck(ops.koleo_triton.default, (x, None, EPS, True))
     torch.library.opcheck(ops.knn_sets_triton.default, (x, y, lx, None, 2, INF))
+
+
+@pytest.mark.subprocess
+def test_set_kernel_keys_use_fma_without_fp_fusion():
+    """As the single-set kernels: with Triton's fusion of multiply-adds off, the p = 2 keys of the
+    set kernels are still fma.rn.f32, so neighbours do not depend on Triton's settings."""
+    script = Path(__file__).resolve().parent / "scripts" / "triton_fma_keys_sets.py"
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "0"
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    if "UNSUPPORTED" in done.stderr:
+        pytest.skip(done.stderr.strip().splitlines()[-1])
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert int(done.stdout.split()[-1]) >= 16 * 64 // 128  # one per key of a thread's share of the tile
