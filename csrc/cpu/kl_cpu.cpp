@@ -210,12 +210,19 @@ SearchPass<T> search_pass(const T* x, int64_t nx, RowRange rows, const T* y, int
                                   ny, d, k, norm, false, rows.begin, pass.cross_keys.data(),
                                   pass.cross_idx.data()};
   }
-  // The self search alone, L2 in float: the certified integer search with exact refinement,
-  // when wanted and applicable (same keys and indices; it runs this kernel itself on row blocks
-  // it cannot prune).
-  if constexpr (std::is_same<T, float>::value)
-    if (self && !cross && knn_search_mixed(args[0], *kernel, rows, pfor)) return pass;
-  const int64_t candidates = (self ? nx : 0) + (cross ? ny : 0);
+  // L2 in float: each search (x in x, x in y) goes to the certified integer search with exact
+  // refinement when wanted and applicable (same keys and indices; it runs this kernel itself on
+  // row blocks it cannot prune); the searches it does not take stay in the exact pass below.
+  if constexpr (std::is_same<T, float>::value) {
+    int exact_count = 0;
+    for (int s = 0; s < count; ++s)
+      if (!knn_search_mixed(args[s], args[s].exclude_self ? x : y, *kernel, rows, pfor))
+        args[exact_count++] = args[s];
+    count = exact_count;
+  }
+  int64_t candidates = 0;
+  for (int s = 0; s < count; ++s) candidates += args[s].n;
+  if (count == 0) return pass;
   pfor(m, grain_for(candidates * d, kMinSearchWork), [&](int64_t begin, int64_t end) {
     for (int s = 0; s < count; ++s)
       kernel->search_rows(args[s], rows.begin + begin, rows.begin + end);
