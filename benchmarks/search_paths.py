@@ -126,6 +126,7 @@ def compare(inputs: tuple, k: int, rounds: int, min_round_s: float, modes=("exac
 def run(threads: int, rounds: int = 3, min_round_s: float = 0.3, out_dir: Path | None = None,
         sizes=SIZES, dims=DIMS, ks=KS, adversarial_n: int = ADVERSARIAL_N, fma_seconds: float = 0.3,
         cross_sizes=SIZES, cross_dims=DIMS, cross_ks=(1,)) -> dict:
+    """All rows (empty sizes / cross_sizes or adversarial_n = 0 leave a group out)."""
     from . import machine
 
     torch.set_num_threads(threads)
@@ -156,7 +157,7 @@ def run(threads: int, rounds: int = 3, min_round_s: float = 0.3, out_dir: Path |
                 rows.append(rec)
                 print(line(rec), flush=True)
                 load.append(os.getloadavg()[0])
-    for name, z in adversarial_inputs(adversarial_n):
+    for name, z in adversarial_inputs(adversarial_n) if adversarial_n else []:
         for k in ks:
             rec = {"op": "kl_entropy", "input": name, "N": z.shape[0], "d": z.shape[1], "k": k,
                    **compare((z,), k, rounds, min_round_s, ("exact", "mixed", "auto"))}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eae_kernels import _extension, kl_cross_entropy, kl_divergence, kl_entropy, knn_distances
+from eae_kernels import _extension, kl_cross_entropy, kl_divergence, kl_entropy, knn_distances, koleo_loss
 
 from conftest import HALF_DTYPES, integer_rows, random_rows
 
@@ -297,3 +297,33 @@ def test_cross_only_l2_float32_takes_the_mixed_path(p, dtype, monkeypatch):
     knn_distances(x, y, 2, p=p, backend="cpu")
     kl_divergence(x, y, 2, p=p, backend="cpu")
     assert _C.cpu_mixed_search_stats()[0] == before
+
+
+# ---- KoLeo (the nearest other normalised row) ----
+
+
+def run_koleo(x, mode, monkeypatch) -> tuple[torch.Tensor, ...]:
+    """koleo_loss and its gradient, and the koleo op on a row range (the distributed mode)."""
+    monkeypatch.setenv("EAE_KERNELS_SEARCH", mode)
+    xx = x.clone().requires_grad_(True)
+    loss = koleo_loss(xx, backend="cpu")
+    xn = torch.nn.functional.normalize(x, dim=-1)[None]
+    n = x.shape[0]
+    part = torch.ops.eae_kernels.koleo(xn, None, 1e-8, True, n // 3, n - 5)
+    return (loss.detach(), *torch.autograd.grad(loss, xx), *part)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        lambda: random_rows(300, 768, seed=7, dtype=torch.float32),
+        lambda: random_rows(400, 384, seed=6, dtype=torch.float32),
+        lambda: torch.randint(-1, 2, (200, 512), generator=torch.Generator().manual_seed(5)).float(),  # ties, duplicates
+        lambda: random_rows(1, 512, seed=8, dtype=torch.float32).repeat(200, 1)
+        + 1e-4 * random_rows(200, 512, seed=9, dtype=torch.float32),  # near-ties at a small scale
+    ],
+    ids=["gaussian-768", "gaussian-384", "integer-ties", "near-ties"],
+)
+def test_koleo_is_bit_identical(rows, monkeypatch):
+    """KoLeo's search is the self search (k = 1) on normalised rows: the mixed path at every d."""
+    assert assert_same_outputs(run_koleo, (rows(),), ("loss", "grad", "range loss", "range grad"), monkeypatch)
