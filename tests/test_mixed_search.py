@@ -209,7 +209,7 @@ def assert_cross_bit_identical(x, y, k, monkeypatch, lengths_x=None, lengths_y=N
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF_DTYPES], ids=str)
-@pytest.mark.parametrize("nx,ny", [(3, 2), (17, 40), (100, 30), (1000, 700)])
+@pytest.mark.parametrize("nx,ny", [(3, 2), (17, 40), (100, 30), (700, 500)])
 @pytest.mark.parametrize("d", [1, 3, 16, 64, 200])
 def test_cross_grid_is_bit_identical(nx, ny, d, dtype, monkeypatch):
     x = random_rows(nx, d, seed=1000 * nx + d, dtype=torch.float32).to(dtype)

@@ -149,7 +149,7 @@ bool build_mixed_data(const float* x, int64_t nx, const float* y, int64_t ny, in
   // re-measures them exactly instead), as query rows they are searched by the exact kernel.
   double x_scale = x_max;
   const int64_t max_wild = std::min<int64_t>(kMaxWild, (n - k - 2) / 2);
-  if (max_wild > 0 && static_cast<int64_t>(all.size()) > max_wild) {
+  if (max_wild > 0) {
     std::nth_element(all.begin(), all.begin() + max_wild, all.end(), std::greater<double>());
     if (all[max_wild] > 0 && x_max > kWildGap * all[max_wild]) x_scale = kWildGap * all[max_wild];
   }
@@ -187,16 +187,18 @@ bool build_mixed_data(const float* x, int64_t nx, const float* y, int64_t ny, in
   m.ref_norm.assign(static_cast<size_t>(num_panels * kMixedPanel), std::numeric_limits<int32_t>::max());
   m.live.assign(static_cast<size_t>(num_panels), ~uint64_t{0});
   if (n % kMixedPanel) m.live[num_panels - 1] = (uint64_t{1} << (n % kMixedPanel)) - 1;
+  pfor(num_panels, std::max<int64_t>(1, (int64_t{1} << 16) / (kMixedPanel * d)), [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin * kMixedPanel; j < std::min(n, end * kMixedPanel); ++j) {
+      if (ref_wild[j]) continue;
+      int16_t* col = m.panels.data() + (j / kMixedPanel) * kMixedPanel * d2 + (j % kMixedPanel) * 2;
+      for (int64_t c = 0; c < d; ++c) col[(c / 2) * kMixedPanel * 2 + (c % 2)] = m.ref_q[j * d2 + c];
+      m.ref_norm[j] = ref_sq[j];
+    }
+  });
   double delta_max = 0;
   for (int64_t j = 0; j < n; ++j) {
-    if (ref_wild[j]) {
-      m.live[j / kMixedPanel] &= ~(uint64_t{1} << (j % kMixedPanel));
-      continue;
-    }
-    int16_t* col = m.panels.data() + (j / kMixedPanel) * kMixedPanel * d2 + (j % kMixedPanel) * 2;
-    for (int64_t c = 0; c < d; ++c) col[(c / 2) * kMixedPanel * 2 + (c % 2)] = m.ref_q[j * d2 + c];
-    m.ref_norm[j] = ref_sq[j];
-    delta_max = std::max(delta_max, m.ref_delta[j]);
+    if (ref_wild[j]) m.live[j / kMixedPanel] &= ~(uint64_t{1} << (j % kMixedPanel));
+    else delta_max = std::max(delta_max, m.ref_delta[j]);
   }
 
   const double d_plus_2_u = static_cast<double>(d + 2) * 0x1p-24;
