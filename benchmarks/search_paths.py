@@ -15,6 +15,10 @@ Inputs: Gaussian rows at N in {4096, 16384}, d in {64, 128}, k in {1, 5}, and ad
 (duplicates, tight clusters, offsets, an outlier, d = 1, all rows equal) at N = 4096, where the
 mixed search must fall back without costing more than 15% over the exact one; these rows also
 time EAE_KERNELS_SEARCH=auto, which is what a user gets.
+
+Cross-set rows: kl_divergence(x, y) forward+backward (x searched among x and among y in one pass,
+both gradients), x ~ N(0, I) and y ~ N(0.5, I), N rows each at N in {4096, 16384}, d in {64, 128};
+their pair-coordinates per call are 2 N^2 d.
 """
 
 from __future__ import annotations
@@ -67,33 +71,36 @@ def clock():
     return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
 
 
-def fwd_bwd(z: torch.Tensor, k: int, mode: str) -> tuple[float, torch.Tensor, torch.Tensor]:
+def fwd_bwd(inputs: tuple, k: int, mode: str) -> tuple[float, list]:
+    """One forward+backward of kl_entropy(z) (inputs (z,)) or kl_divergence(x, y) (inputs (x, y))
+    with the search forced to `mode`: (time, [value, gradients...])."""
     os.environ["EAE_KERNELS_SEARCH"] = mode
-    zz = z.detach().requires_grad_(True)
+    leaves = [t.detach().requires_grad_(True) for t in inputs]
+    fn = eae_kernels.kl_entropy if len(leaves) == 1 else eae_kernels.kl_divergence
     now = clock()
     t = now()
-    h = eae_kernels.kl_entropy(zz, k=k, backend="cpu")
-    h.backward()
-    return now() - t, h.detach(), zz.grad
+    v = fn(*leaves, k=k, backend="cpu")
+    v.backward()
+    return now() - t, [v.detach(), *(leaf.grad for leaf in leaves)]
 
 
-def compare(z: torch.Tensor, k: int, rounds: int, min_round_s: float, modes=("exact", "mixed")) -> dict:
+def compare(inputs: tuple, k: int, rounds: int, min_round_s: float, modes=("exact", "mixed")) -> dict:
     """Alternated timings of the search modes; each round keeps the fastest of a few calls."""
     saved = os.environ.get("EAE_KERNELS_SEARCH")
     ext = eae_kernels._extension._C
     try:
-        _, h_exact, g_exact = fwd_bwd(z, k, "exact")  # warm-up and the reference result
+        _, reference = fwd_bwd(inputs, k, "exact")  # warm-up and the reference result
         identical = True
         for mode in modes[1:]:
-            _, h, g = fwd_bwd(z, k, mode)
-            identical = identical and torch.equal(h_exact, h) and torch.equal(g_exact, g)
+            _, out = fwd_bwd(inputs, k, mode)
+            identical = identical and all(torch.equal(a, b) for a, b in zip(reference, out, strict=True))
         stats_before = ext.cpu_mixed_search_stats()
         times = {mode: [] for mode in modes}
         for _ in range(rounds):
             for mode in modes:
                 best, spent = float("inf"), 0.0
                 while spent < min_round_s or best == float("inf"):
-                    t = fwd_bwd(z, k, mode)[0]
+                    t = fwd_bwd(inputs, k, mode)[0]
                     best, spent = min(best, t), spent + t
                 times[mode].append(best)
         stats_after = ext.cpu_mixed_search_stats()
@@ -117,7 +124,9 @@ def compare(z: torch.Tensor, k: int, rounds: int, min_round_s: float, modes=("ex
 
 
 def run(threads: int, rounds: int = 3, min_round_s: float = 0.3, out_dir: Path | None = None,
-        sizes=SIZES, dims=DIMS, ks=KS, adversarial_n: int = ADVERSARIAL_N, fma_seconds: float = 0.3) -> dict:
+        sizes=SIZES, dims=DIMS, ks=KS, adversarial_n: int = ADVERSARIAL_N, fma_seconds: float = 0.3,
+        cross_sizes=SIZES, cross_dims=DIMS, cross_ks=(1,)) -> dict:
+    """All rows (empty sizes / cross_sizes or adversarial_n = 0 leave a group out)."""
     from . import machine
 
     torch.set_num_threads(threads)
@@ -132,18 +141,26 @@ def run(threads: int, rounds: int = 3, min_round_s: float = 0.3, out_dir: Path |
         for d in dims:
             z = gaussian(n, d, seed=n + d)
             for k in ks:
-                rec = {"input": "gaussian", "N": n, "d": d, "k": k, **compare(z, k, rounds, min_round_s)}
-                for path in ("exact", "mixed"):
-                    rate = n * n * d / rec[f"{path}_s"] / 1e9
-                    rec[f"{path}_gpc_s"] = rate
-                    rec[f"{path}_of_fma_peak"] = rate / peak_g if peak_g else None
+                rec = {"op": "kl_entropy", "input": "gaussian", "N": n, "d": d, "k": k,
+                       **compare((z,), k, rounds, min_round_s)}
+                add_rates(rec, n * n * d, peak_g)
                 rows.append(rec)
                 print(line(rec), flush=True)
                 load.append(os.getloadavg()[0])
-    for name, z in adversarial_inputs(adversarial_n):
+    for n in cross_sizes:
+        for d in cross_dims:
+            x, y = gaussian(n, d, seed=n + d), gaussian(n, d, seed=n + d + 1) + 0.5
+            for k in cross_ks:
+                rec = {"op": "kl_divergence", "input": "gaussian x, y + 0.5", "N": n, "d": d, "k": k,
+                       **compare((x, y), k, rounds, min_round_s)}
+                add_rates(rec, 2 * n * n * d, peak_g)
+                rows.append(rec)
+                print(line(rec), flush=True)
+                load.append(os.getloadavg()[0])
+    for name, z in adversarial_inputs(adversarial_n) if adversarial_n else []:
         for k in ks:
-            rec = {"input": name, "N": z.shape[0], "d": z.shape[1], "k": k,
-                   **compare(z, k, rounds, min_round_s, ("exact", "mixed", "auto"))}
+            rec = {"op": "kl_entropy", "input": name, "N": z.shape[0], "d": z.shape[1], "k": k,
+                   **compare((z,), k, rounds, min_round_s, ("exact", "mixed", "auto"))}
             rows.append(rec)
             print(line(rec), flush=True)
             load.append(os.getloadavg()[0])
@@ -163,8 +180,16 @@ def run(threads: int, rounds: int = 3, min_round_s: float = 0.3, out_dir: Path |
     return results
 
 
+def add_rates(rec: dict, pair_coordinates: int, peak_g) -> None:
+    """Pair-coordinates per second of both paths, and their fraction of the FMA peak."""
+    for path in ("exact", "mixed"):
+        rate = pair_coordinates / rec[f"{path}_s"] / 1e9
+        rec[f"{path}_gpc_s"] = rate
+        rec[f"{path}_of_fma_peak"] = rate / peak_g if peak_g else None
+
+
 def line(rec: dict) -> str:
-    out = f"{rec['input']:32s} N={rec['N']:6d} d={rec['d']:4d} k={rec['k']}: exact {rec['exact_s'] * 1e3:8.1f} ms"
+    out = f"{rec['op']:13s} {rec['input']:32s} N={rec['N']:6d} d={rec['d']:4d} k={rec['k']}: exact {rec['exact_s'] * 1e3:8.1f} ms"
     for mode in ("mixed", "auto"):
         if f"{mode}_s" in rec:
             lo, hi = rec[f"speedup_{mode}_range"]
@@ -177,7 +202,8 @@ def line(rec: dict) -> str:
 def evaluate(rows: list) -> list:
     out = []
     for (n, d), need in TARGETS.items():
-        got = [r["speedup_mixed"] for r in rows if r["input"] == "gaussian" and (r["N"], r["d"]) == (n, d)]
+        got = [r["speedup_mixed"] for r in rows
+               if r["op"] == "kl_entropy" and r["input"] == "gaussian" and (r["N"], r["d"]) == (n, d)]
         if got:
             out.append({"target": f"mixed >= {need}x exact at N={n}, d={d} (k=1 and 5)",
                         "measured": ", ".join(f"{s:.2f}x" for s in got), "met": min(got) >= need})
@@ -198,13 +224,13 @@ def markdown(results: dict) -> list:
     out = [
         f"# CPU exact vs mixed neighbour search ({results['device_label']}, {results['threads']} threads)",
         "",
-        f"kl_entropy forward+backward, float32, fastest call of alternated rounds ({results['clock']}). "
+        f"kl_entropy (and kl_divergence: x in x and x in y) forward+backward, float32, fastest call of alternated rounds ({results['clock']}). "
         f"Load average during the run: "
         f"{load['min']:.1f} - {load['max']:.1f}. Measured fp32 FMA peak: "
         + (f"{peak:.0f} GFMA/s." if peak else "not measured."),
         "",
-        "| input | N | d | k | cpu exact | cpu mixed (speedup [range]) | auto (speedup) | pair-coords/s exact, mixed (vs FMA peak) | fallback | bit-identical |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| op | input | N | d | k | cpu exact | cpu mixed (speedup [range]) | auto (speedup) | pair-coords/s exact, mixed (vs FMA peak) | fallback | bit-identical |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         rate = ""
@@ -214,7 +240,7 @@ def markdown(results: dict) -> list:
         lo, hi = r["speedup_mixed_range"]
         auto = f"{r['auto_s'] * 1e3:.1f} ms ({r['speedup_auto']:.2f}x)" if "auto_s" in r else "= mixed"
         out.append(
-            f"| {r['input']} | {r['N']} | {r['d']} | {r['k']} | {r['exact_s'] * 1e3:.1f} ms | "
+            f"| {r['op']} | {r['input']} | {r['N']} | {r['d']} | {r['k']} | {r['exact_s'] * 1e3:.1f} ms | "
             f"{r['mixed_s'] * 1e3:.1f} ms ({r['speedup_mixed']:.2f}x [{lo:.2f}, {hi:.2f}]) | {auto} | {rate} | "
             f"{r['fallback_fraction']:.0%} | {'yes' if r['bit_identical'] else 'NO'} |"
         )

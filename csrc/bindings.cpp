@@ -109,21 +109,6 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& z, int64_t k, doubl
 
 // ---- The estimator family on batches of sets ----
 
-// The matrix product of KoLeo's candidate search (cpu::nearest_other_row): BLAS through at::mm.
-// Its rounding bound assumes IEEE float32 products, so with a reduced float32 matmul precision
-// (torch.set_float32_matmul_precision("high"/"medium"), which may use bf16 or TF32) it is not used.
-template <class T>
-c10::optional<cpu::Gemm<T>> blas_gemm(at::ScalarType type) {
-  if (type == at::kFloat && at::globalContext().float32MatmulPrecision() != at::Float32MatmulPrecision::HIGHEST)
-    return c10::nullopt;
-  return cpu::Gemm<T>([type](const T* a, int64_t m, const T* b, int64_t n, int64_t d, T* c) {
-    const auto options = at::TensorOptions().dtype(type);
-    at::Tensor out = at::from_blob(c, {m, n}, options);
-    at::mm_out(out, at::from_blob(const_cast<T*>(a), {m, d}, options),
-               at::from_blob(const_cast<T*>(b), {n, d}, options).t());
-  });
-}
-
 // A batch (B, M, d) of sets: checks the tensor and its lengths; returns the lengths as a CPU
 // int64 tensor (undefined when absent).
 at::Tensor check_sets(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, const char* name) {
@@ -191,7 +176,7 @@ void check_set_sizes(Estimator est, const at::Tensor& lx, const at::Tensor& ly, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> estimate_cpu(
     Estimator est, const at::Tensor& x, const c10::optional<at::Tensor>& y,
     const c10::optional<at::Tensor>& lengths_x, const c10::optional<at::Tensor>& lengths_y,
-    int64_t k, double p, double eps, bool compute_grad, bool matrix_product_search = false) {
+    int64_t k, double p, double eps, bool compute_grad) {
   const at::Tensor lx = check_sets(x, lengths_x, "x");
   const bool cross = y.has_value();
   at::Tensor ly;
@@ -214,13 +199,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> estimate_cpu(
   const cpu::Batch batch{sets, mx, my, d, lx.defined() ? lx.data_ptr<int64_t>() : nullptr,
                          ly.defined() ? ly.data_ptr<int64_t>() : nullptr};
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "eae_kernels estimators (CPU)", [&] {
-    const auto gemm = matrix_product_search ? blas_gemm<scalar_t>(xc.scalar_type()) : c10::nullopt;
     cpu::estimate_sets<scalar_t>(xc.data_ptr<scalar_t>(), cross ? yc.data_ptr<scalar_t>() : nullptr,
                                  batch, k, norm, eps, est, values.data_ptr<double>(),
                                  compute_grad ? gx.data_ptr<scalar_t>() : nullptr,
                                  (compute_grad && cross) ? gy.data_ptr<scalar_t>() : nullptr,
-                                 nbr.numel() ? nbr.data_ptr<int64_t>() : nullptr, torch_parallel_for,
-                                 gemm ? &*gemm : nullptr);
+                                 nbr.numel() ? nbr.data_ptr<int64_t>() : nullptr, torch_parallel_for);
   });
   if (compute_grad) {
     gx = gx.to(x.scalar_type());
@@ -257,9 +240,8 @@ std::tuple<at::Tensor, at::Tensor> koleo_cpu(const at::Tensor& x, const c10::opt
                                              double eps, bool compute_grad, int64_t row_begin,
                                              int64_t row_end) {
   if (row_begin == 0 && row_end < 0) {
-    // Normalised rows: the matrix-product candidate search applies (same result, BLAS speed).
     auto [loss, grad, unused, nbr] = estimate_cpu(Estimator::KoLeo, x, c10::nullopt, lengths, c10::nullopt,
-                                                  1, 2.0, eps, compute_grad, /*matrix_product_search=*/true);
+                                                  1, 2.0, eps, compute_grad);
     return {loss, grad};
   }
   // A row range of one set (the distributed global batch): that range's share of the loss.
@@ -275,10 +257,9 @@ std::tuple<at::Tensor, at::Tensor> koleo_cpu(const at::Tensor& x, const c10::opt
   const EstimateSpec spec = estimate_spec(Estimator::KoLeo, n, n, d, 1, Norm::L2);
   double loss = 0;
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "eae_kernels::koleo (CPU)", [&] {
-    const auto gemm = blas_gemm<scalar_t>(xc.scalar_type());
     loss = cpu::estimate<scalar_t>(xc.data_ptr<scalar_t>(), n, rows, nullptr, 0, d, 1, Norm::L2, eps, spec,
                                    compute_grad ? grad.data_ptr<scalar_t>() : nullptr, nullptr, nullptr,
-                                   nullptr, torch_parallel_for, gemm ? &*gemm : nullptr);
+                                   nullptr, torch_parallel_for);
   });
   if (compute_grad) grad = grad.to(x.scalar_type());
   return {at::full({1}, loss, xc.options()), grad};

@@ -89,10 +89,6 @@ int64_t grain_for(int64_t work_per_item, int64_t min_work) {
 }
 constexpr int64_t kMinSearchWork = int64_t{1} << 20;  // distance-coordinate operations
 constexpr int64_t kMinCopyWork = int64_t{1} << 16;    // values copied or accumulated
-// Columns from which the matrix-product candidate search beats the exact kernel. Measured on a
-// 2-core AVX-512 machine (KoLeo op, B = 1024 and 4096): 1.2-1.8x faster at d = 768; at d = 256
-// (B = 16384) slightly faster on 1 thread but 1.6x slower on 2 (BLAS threading).
-constexpr int64_t kMatrixProductMinDim = 512;
 
 }  // namespace
 
@@ -169,20 +165,13 @@ struct SearchPass {
 
 template <class T>
 SearchPass<T> search_pass(const T* x, int64_t nx, RowRange rows, const T* y, int64_t ny, int64_t d,
-                          int64_t k, Norm norm, bool self, bool cross, const ParallelFor& pfor,
-                          const Gemm<T>* gemm = nullptr) {
+                          int64_t k, Norm norm, bool self, bool cross, const ParallelFor& pfor) {
   const SearchKernel<T>* kernel = kernel_for<T>(current_isa().load());
   const int64_t pw = kernel->panel_width;
   const int64_t m = rows.end - rows.begin;
   SearchPass<T> pass;
   pass.self = self;
   pass.cross = cross;
-  if (gemm != nullptr && self && !cross && k == 1 && norm == Norm::L2 && d >= kMatrixProductMinDim) {
-    pass.self_keys.resize(static_cast<size_t>(m));
-    pass.self_idx.resize(static_cast<size_t>(m));
-    if (nearest_other_row(x, nx, rows, d, pass.self_keys.data(), pass.self_idx.data(), *gemm, pfor))
-      return pass;
-  }
   PackedRows<T> packed_x, packed_y;
   std::vector<uint8_t> query_finite;
   if (self) packed_x = pack_rows(x, nx, d, pw, pfor);
@@ -210,12 +199,22 @@ SearchPass<T> search_pass(const T* x, int64_t nx, RowRange rows, const T* y, int
                                   ny, d, k, norm, false, rows.begin, pass.cross_keys.data(),
                                   pass.cross_idx.data()};
   }
-  // The self search alone, L2 in float: the certified integer search with exact refinement,
-  // when wanted and applicable (same keys and indices; it runs this kernel itself on row blocks
-  // it cannot prune).
-  if constexpr (std::is_same<T, float>::value)
-    if (self && !cross && knn_search_mixed(args[0], *kernel, rows, pfor)) return pass;
-  const int64_t candidates = (self ? nx : 0) + (cross ? ny : 0);
+  // L2 in float: each search (x in x, x in y) goes to the certified integer search with exact
+  // refinement when wanted and applicable (same keys and indices; it runs this kernel itself on
+  // row blocks it cannot prune); the searches it does not take stay in the exact pass below.
+  // KoLeo's search too: measured against a BLAS candidate search (|x_j|^2 - 2 <x_i, x_j> by
+  // sgemm, then exact re-measurement) on KoLeo shapes, one thread, fwd+bwd, the integer search
+  // was as fast at B = 1024 (0.91-1.07x) and 1.4-1.8x faster at B = 4096 (d = 384 and 768).
+  if constexpr (std::is_same<T, float>::value) {
+    int exact_count = 0;
+    for (int s = 0; s < count; ++s)
+      if (!knn_search_mixed(args[s], args[s].exclude_self ? x : y, *kernel, rows, pfor))
+        args[exact_count++] = args[s];
+    count = exact_count;
+  }
+  int64_t candidates = 0;
+  for (int s = 0; s < count; ++s) candidates += args[s].n;
+  if (count == 0) return pass;
   pfor(m, grain_for(candidates * d, kMinSearchWork), [&](int64_t begin, int64_t end) {
     for (int s = 0; s < count; ++s)
       kernel->search_rows(args[s], rows.begin + begin, rows.begin + end);
@@ -224,58 +223,6 @@ SearchPass<T> search_pass(const T* x, int64_t nx, RowRange rows, const T* y, int
 }
 
 }  // namespace
-
-template <class T>
-bool nearest_other_row(const T* x, int64_t n, RowRange rows, int64_t d, T* keys, int64_t* idx,
-                       const Gemm<T>& gemm, const ParallelFor& pfor) {
-  const SearchKernel<T>* kernel = kernel_for<T>(current_isa().load());
-  // Squared norms, in double; the path needs finite rows whose squares stay far from overflow.
-  std::vector<T> sq(static_cast<size_t>(n));
-  double sq_max = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    double s = 0;
-    for (int64_t c = 0; c < d; ++c) s += static_cast<double>(x[j * d + c]) * static_cast<double>(x[j * d + c]);
-    if (!(s <= 1e30)) return false;  // NaN, inf or huge: the exact search handles it
-    sq[j] = static_cast<T>(s);
-    sq_max = std::max(sq_max, s);
-  }
-  // Bound on |computed score - true score| (every rounding of |x_j|^2, <x_i, x_j> in any order,
-  // the product and the difference: gamma_{d+4} (|x_j|^2 + 2 |x_i| |x_j|)), plus the exact keys'
-  // own rounding (gamma_d |x_i - x_j|^2 for the true best and the kernel's best), times 2.
-  const double unit = std::numeric_limits<T>::epsilon() / 2;
-  const double gamma = static_cast<double>(d + 4) * unit / (1 - static_cast<double>(d + 4) * unit);
-  const int64_t m = rows.end - rows.begin;
-  // Query rows per matrix product: 16 MB of scores (BLAS is slow on skinny products).
-  const int64_t block = std::max<int64_t>(64, std::min<int64_t>(1024, (int64_t{1} << 22) / std::max<int64_t>(n, 1)));
-  std::vector<T> dots(static_cast<size_t>(block * n));
-  for (int64_t r0 = 0; r0 < m; r0 += block) {
-    const int64_t rb = std::min(block, m - r0);
-    gemm(x + (rows.begin + r0) * d, rb, x, n, d, dots.data());
-    pfor(rb, grain_for(3 * n, kMinCopyWork), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t i = rows.begin + r0 + r;
-        T* score = dots.data() + r * n;
-        T best = std::numeric_limits<T>::infinity();
-        for (int64_t j = 0; j < n; ++j) {
-          score[j] = sq[j] - T(2) * score[j];
-          if (j != i && score[j] < best) best = score[j];
-        }
-        const double margin = 8 * gamma * (static_cast<double>(sq[i]) + sq_max) + 4 * unit * std::abs(static_cast<double>(best));
-        const T limit = static_cast<T>(static_cast<double>(best) + margin);
-        T key = std::numeric_limits<T>::infinity();
-        int64_t nbr = n;
-        for (int64_t j = 0; j < n; ++j) {
-          if (j == i || !(score[j] <= limit)) continue;
-          const T kj = kernel->exact_key(x + i * d, x + j * d, d, Norm::L2);
-          if (knn_before(kj, j, key, nbr)) { key = kj; nbr = j; }
-        }
-        keys[r0 + r] = key;
-        idx[r0 + r] = nbr;
-      }
-    });
-  }
-  return true;
-}
 
 template <class T>
 void knn_search(const T* x, int64_t nx, RowRange rows, const T* y, int64_t ny, int64_t d,
@@ -378,10 +325,10 @@ ReverseList reverse_list(const std::vector<int64_t>& nbr, int64_t n) {
 template <class T>
 double estimate(const T* x, int64_t nx, RowRange rows, const T* y, int64_t ny, int64_t d,
                 int64_t k, Norm norm, double eps, const EstimateSpec& spec, T* grad_x, T* grad_y,
-                int64_t* nbr_self, int64_t* nbr_cross, const ParallelFor& pfor, const Gemm<T>* gemm) {
+                int64_t* nbr_self, int64_t* nbr_cross, const ParallelFor& pfor) {
   const bool self = spec.self_sign != 0, cross = spec.cross_sign != 0;
   const int64_t m = rows.end - rows.begin;
-  const SearchPass<T> pass = search_pass(x, nx, rows, y, ny, d, k, norm, self, cross, pfor, gemm);
+  const SearchPass<T> pass = search_pass(x, nx, rows, y, ny, d, k, norm, self, cross, pfor);
   Terms<T> ts, tc;
   if (self) ts = kth_terms(pass.self_keys, pass.self_idx, m, k, norm, eps, spec.term, spec.self_sign);
   if (cross) tc = kth_terms(pass.cross_keys, pass.cross_idx, m, k, norm, eps, spec.term, spec.cross_sign);
@@ -492,8 +439,7 @@ void knn_search_sets(const T* x, const T* y, const Batch& batch, int64_t k, Norm
 template <class T>
 void estimate_sets(const T* x, const T* y, const Batch& batch, int64_t k, Norm norm, double eps,
                    Estimator est, double* values, T* grad_x, T* grad_y, int64_t* nbr,
-                   const ParallelFor& pfor, const Gemm<T>* gemm) {
-  if (batch.sets > 1) gemm = nullptr;  // sets run in parallel: no matrix product inside them
+                   const ParallelFor& pfor) {
   const bool self_only = (y == nullptr);
   const int64_t d = batch.d, my = self_only ? batch.mx : batch.my;
   for_each_set(batch.sets, batch.mx * (batch.mx + my) * d, pfor, [&](int64_t b, const ParallelFor& inner) {
@@ -504,7 +450,7 @@ void estimate_sets(const T* x, const T* y, const Batch& batch, int64_t k, Norm n
     T* gy = (grad_y && !self_only) ? grad_y + b * my * d : nullptr;
     int64_t* nb = nbr ? nbr + b * batch.mx : nullptr;
     values[b] = estimate<T>(xb, m, {0, m}, yb, n, d, k, norm, eps, estimate_spec(est, m, n, d, k, norm),
-                            gx, gy, nb, nullptr, inner, gemm);
+                            gx, gy, nb, nullptr, inner);
     if (gx) std::fill(gx + m * d, gx + batch.mx * d, T(0));
     if (gy) std::fill(gy + n * d, gy + my * d, T(0));
     if (nb) std::fill(nb + m, nb + batch.mx, int64_t(-1));
@@ -520,14 +466,11 @@ void estimate_sets(const T* x, const T* y, const Batch& batch, int64_t k, Norm n
                                 int64_t*, const ParallelFor&);                                    \
   template double estimate<T>(const T*, int64_t, RowRange, const T*, int64_t, int64_t, int64_t,   \
                               Norm, double, const EstimateSpec&, T*, T*, int64_t*, int64_t*,      \
-                              const ParallelFor&, const Gemm<T>*);                                \
-  template bool nearest_other_row<T>(const T*, int64_t, RowRange, int64_t, T*, int64_t*,          \
-                                     const Gemm<T>&, const ParallelFor&);                         \
+                              const ParallelFor&);                                                \
   template void knn_search_sets<T>(const T*, const T*, const Batch&, int64_t, Norm, T*, int64_t*, \
                                    const ParallelFor&);                                           \
   template void estimate_sets<T>(const T*, const T*, const Batch&, int64_t, Norm, double,         \
-                                 Estimator, double*, T*, T*, int64_t*, const ParallelFor&,        \
-                                 const Gemm<T>*);
+                                 Estimator, double*, T*, T*, int64_t*, const ParallelFor&);
 
 EAE_INSTANTIATE(float)
 EAE_INSTANTIATE(double)

@@ -19,11 +19,6 @@ namespace cpu {
 using RangeFn = std::function<void(int64_t begin, int64_t end)>;
 using ParallelFor = std::function<void(int64_t n, int64_t grain, const RangeFn& body)>;
 
-// c (m, n) = a (m, d) times b (n, d) transposed, all row-major and contiguous: a matrix product
-// supplied by the caller (the PyTorch binding passes BLAS through at::mm).
-template <class T>
-using Gemm = std::function<void(const T* a, int64_t m, const T* b, int64_t n, int64_t d, T* c)>;
-
 // A ParallelFor that runs everything on the calling thread.
 void serial_for(int64_t n, int64_t grain, const RangeFn& body);
 
@@ -71,25 +66,10 @@ double kl_entropy(const T* z, int64_t n, int64_t d, int64_t k, Norm norm, double
 // both searches in one parallel pass over the query rows. Returns the value in double; writes,
 // when not null, d value / dx to grad_x (nx, d), d value / dy to grad_y (ny, d) (every row), and
 // each query row's k-th neighbour to nbr_self / nbr_cross (rows,). Deterministic, no atomics.
-//
-// gemm (optional): for the self search with k = 1, p = 2, d >= 512 and finite rows of moderate size
-// (such as KoLeo's normalised rows), candidates are found by a matrix product and re-measured exactly
-// (see nearest_other_row): a faster path with the same neighbours, keys, values and gradients.
 template <class T>
 double estimate(const T* x, int64_t nx, RowRange rows, const T* y, int64_t ny, int64_t d,
                 int64_t k, Norm norm, double eps, const EstimateSpec& spec, T* grad_x, T* grad_y,
-                int64_t* nbr_self, int64_t* nbr_cross, const ParallelFor& pfor,
-                const Gemm<T>* gemm = nullptr);
-
-// The nearest other row (k = 1, L2) of the rows x[rows] among x's n rows, by a matrix-product
-// candidate search: per block of query rows, score_j = |x_j|^2 - 2 <x_i, x_j> by `gemm`; every j
-// whose score is within a rigorous rounding bound of the row's best is re-measured with the
-// search kernel's exact arithmetic (SearchKernel::exact_key) and the best (key, then lower index)
-// wins, so keys and indices are those of knn_search bit for bit. Needs finite rows whose squared
-// norms do not overflow; returns false (writing nothing) otherwise, and the caller searches exactly.
-template <class T>
-bool nearest_other_row(const T* x, int64_t n, RowRange rows, int64_t d, T* keys, int64_t* idx,
-                       const Gemm<T>& gemm, const ParallelFor& pfor);
+                int64_t* nbr_self, int64_t* nbr_cross, const ParallelFor& pfor);
 
 // A batch of B sets, stored padded: set b's query rows are x[b] (mx rows of d), its reference
 // rows y[b] (my rows; y == nullptr: the self case, y = x). Only the first len_x[b] (len_y[b]) rows
@@ -111,11 +91,10 @@ void knn_search_sets(const T* x, const T* y, const Batch& batch, int64_t k, Norm
 // grad_x (B, mx, d) and grad_y (B, my, d) when not null (padded rows: 0); nbr (B, mx) the self
 // search's k-th neighbour when not null (padded rows: -1). Requires every set's sizes to be valid
 // for `est` (the caller checks).
-// gemm: as in estimate, used for a single set (B = 1).
 template <class T>
 void estimate_sets(const T* x, const T* y, const Batch& batch, int64_t k, Norm norm, double eps,
                    Estimator est, double* values, T* grad_x, T* grad_y, int64_t* nbr,
-                   const ParallelFor& pfor, const Gemm<T>* gemm = nullptr);
+                   const ParallelFor& pfor);
 
 // The instruction set the search kernel uses: "avx512", "avx2" or "generic". The best one the
 // CPU supports is chosen at start-up; set_isa() forces another (for tests and benchmarks) and

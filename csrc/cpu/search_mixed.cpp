@@ -1,15 +1,16 @@
-// The ISA-independent part of the mixed search (search_mixed.h): when to use it, the int8
-// quantisation with its measured errors, and the row blocks with their fallback to the exact
-// kernel. The integer kernel itself is in search_mixed_avx512vnni.cpp.
+// The ISA-independent part of the mixed search (search_mixed.h): when to use it, the 16-bit
+// quantisation with its measured errors (one centre and step for both sets of a cross search),
+// and the row blocks with their fallback to the exact kernel. The integer kernel itself is in search_mixed_avx512vnni.cpp.
 #include "search_mixed.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
-#include <atomic>
+#include <utility>
 #include <vector>
 
 namespace eae {
@@ -55,24 +56,26 @@ int64_t grain_for_blocks(int64_t n, int64_t d) {
 
 }  // namespace
 
-bool build_mixed_data(const float* z, int64_t n, int64_t d, int64_t k, const ParallelFor& pfor,
-                      MixedData* out) {
-  const int64_t d2 = (d + 1) / 2 * 2;
-  if (d > kMaxMixedDim || n * d2 >= (int64_t{1} << 31)) return false;
+namespace {
 
-  // Centre: any fixed vector works (distances are translation-invariant). The coordinate-wise
-  // median of a strided sample keeps the step small under large offsets and is not dragged
-  // away by a few outliers (which the mean would be).
-  std::vector<double> mu(static_cast<size_t>(d));
-  const int64_t stride = std::max<int64_t>(1, n / 255);
-  std::vector<double> sample;
+// The coordinate-wise median of a strided sample of the rows of both sets: any fixed centre
+// works (distances are translation-invariant), and the median keeps the step small under large
+// offsets without being dragged away by a few outliers (which the mean would be).
+std::vector<double> centre(const float* x, int64_t nx, const float* y, int64_t ny, int64_t d) {
+  std::vector<double> mu(static_cast<size_t>(d)), sample;
   for (int64_t c = 0; c < d; ++c) {
     sample.clear();
-    for (int64_t j = 0; j < n; j += stride) sample.push_back(z[j * d + c]);
+    for (const auto& [rows, n] : {std::make_pair(x, nx), std::make_pair(y, ny)})
+      for (int64_t j = 0; j < n; j += std::max<int64_t>(1, n / 255)) sample.push_back(rows[j * d + c]);
     std::nth_element(sample.begin(), sample.begin() + sample.size() / 2, sample.end());
     mu[c] = sample[sample.size() / 2];
   }
+  return mu;
+}
 
+// max_c |z_jc - mu_c| of every row.
+std::vector<double> row_maxima(const float* z, int64_t n, int64_t d, const std::vector<double>& mu,
+                               const ParallelFor& pfor) {
   std::vector<double> row_max(static_cast<size_t>(n));
   pfor(n, std::max<int64_t>(1, (int64_t{1} << 16) / d), [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
@@ -81,47 +84,20 @@ bool build_mixed_data(const float* z, int64_t n, int64_t d, int64_t k, const Par
       row_max[j] = m;
     }
   });
-  const double x_max = *std::max_element(row_max.begin(), row_max.end());
-  // All rows equal: nothing to prune. Keys that could overflow float (|z_i - z_j| <= 2 x_max):
-  // the exact kernel's inf keys and their ties are left to it.
-  if (!(x_max > 0) || !(static_cast<double>(d) * 4.0 * x_max * x_max < 0x1p126)) return false;
+  return row_max;
+}
 
-  // A few far outliers would set the step for everyone and widen every row's band. Rows beyond
-  // kWildGap x the (kMaxWild + 1)-th largest row maximum are "wild": the step is set without them,
-  // they never enter the integer pass as columns (every row re-measures them exactly instead),
-  // and as query rows they are searched by the exact kernel.
-  double x_scale = x_max;
-  const int64_t max_wild = std::min<int64_t>(kMaxWild, (n - k - 2) / 2);
-  if (max_wild > 0) {
-    std::vector<double> top(row_max);
-    std::nth_element(top.begin(), top.begin() + max_wild, top.end(), std::greater<double>());
-    if (top[max_wild] > 0 && x_max > kWildGap * top[max_wild]) x_scale = kWildGap * top[max_wild];
-  }
-  MixedData& m = *out;
-  m.wild.clear();
-  if (x_scale < x_max)
-    for (int64_t j = 0; j < n; ++j)
-      if (row_max[j] > x_scale) m.wild.push_back(static_cast<int32_t>(j));
-
-  // |q| <= qmax keeps |I_ij| <= 4 d qmax^2 and every partial sum of the kernel within int32.
-  const double qmax = std::min(32767.0, std::floor(std::sqrt(2147483647.0 / (4.0 * d))));
-  // The step, a float rounded up, so that |x / alpha| <= qmax (wild rows: clamped) and alpha * q
-  // is exact in double.
-  const double alpha = std::nextafter(static_cast<float>(x_scale / qmax), INFINITY);
+// q_j = round((z_j - mu) / alpha) clamped to +-qmax, row-major with d2 coordinates (zero padded),
+// with |q_j|^2 and the measured error delta_j of every row.
+void quantise_rows(const float* z, int64_t n, int64_t d, int64_t d2, const std::vector<double>& mu,
+                   double alpha, double qmax, const ParallelFor& pfor, std::vector<int16_t>* q_out,
+                   std::vector<int32_t>* norm_out, std::vector<double>* delta_out) {
   const double inv_alpha = 1.0 / alpha;
-
-  // Quantise, measure each row's error, pack the panels and the query rows.
-  const int64_t num_panels = (n + kMixedPanel - 1) / kMixedPanel;
-  m.panels.assign(static_cast<size_t>(num_panels * kMixedPanel * d2), 0);
-  m.ref_norm.assign(static_cast<size_t>(num_panels * kMixedPanel),
-                    std::numeric_limits<int32_t>::max());  // padding columns: never candidates
-  m.q.assign(static_cast<size_t>(n * d2), 0);
-  m.norm.resize(static_cast<size_t>(n));
-  m.delta.resize(static_cast<size_t>(n));
-  m.reach.resize(static_cast<size_t>(n));
+  q_out->assign(static_cast<size_t>(n * d2), 0);
+  norm_out->resize(static_cast<size_t>(n));
+  delta_out->resize(static_cast<size_t>(n));
   pfor(n, std::max<int64_t>(1, (int64_t{1} << 16) / d), [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
-      int16_t* col = m.panels.data() + (j / kMixedPanel) * kMixedPanel * d2 + (j % kMixedPanel) * 2;
       double err2 = 0, x2 = 0;
       int64_t sq = 0;
       for (int64_t c = 0; c < d; ++c) {
@@ -135,18 +111,95 @@ bool build_mixed_data(const float* z, int64_t n, int64_t d, int64_t k, const Par
         err2 += e * e;
         x2 += x * x;
         sq += q * q;
-        col[(c / 2) * kMixedPanel * 2 + (c % 2)] = static_cast<int16_t>(q);
-        m.q[j * d2 + c] = static_cast<int16_t>(q);
+        (*q_out)[j * d2 + c] = static_cast<int16_t>(q);
       }
       // delta_j bounds |(z_j - mu) - alpha q_j| in exact arithmetic. The computed x and e carry
       // one double rounding each (alpha * q is exact), so |e - e_computed| <= 2^-52 (|x| + |e|)
       // per coordinate; the sums of squares and the sqrt add relative (d + 2) 2^-53 < 2^-30.
       const double err = std::sqrt(err2), xn = std::sqrt(x2);
-      m.delta[j] = (err + 0x1p-51 * (xn + err)) * (1.0 + 0x1p-30) + 0x1p-1000;
-      m.norm[j] = static_cast<int32_t>(sq);
-      m.ref_norm[j] = static_cast<int32_t>(sq);
+      (*delta_out)[j] = (err + 0x1p-51 * (xn + err)) * (1.0 + 0x1p-30) + 0x1p-1000;
+      (*norm_out)[j] = static_cast<int32_t>(sq);
     }
   });
+}
+
+}  // namespace
+
+bool build_mixed_data(const float* x, int64_t nx, const float* y, int64_t ny, int64_t d, int64_t k,
+                      const ParallelFor& pfor, MixedData* out) {
+  const bool self = (y == nullptr);
+  const float* ref = self ? x : y;
+  const int64_t n = self ? nx : ny;  // reference rows
+  const int64_t d2 = (d + 1) / 2 * 2;
+  if (d > kMaxMixedDim || n * d2 >= (int64_t{1} << 31) || nx * d2 >= (int64_t{1} << 31)) return false;
+
+  const std::vector<double> mu = centre(x, nx, y, self ? 0 : ny, d);
+  const std::vector<double> max_x = row_maxima(x, nx, d, mu, pfor);
+  const std::vector<double> max_y = self ? std::vector<double>() : row_maxima(y, ny, d, mu, pfor);
+  std::vector<double> all(max_x);
+  all.insert(all.end(), max_y.begin(), max_y.end());
+  const double x_max = *std::max_element(all.begin(), all.end());
+  // All rows equal: nothing to prune. Keys that could overflow float (|z_i - z_j| <= 2 x_max):
+  // the exact kernel's inf keys and their ties are left to it.
+  if (!(x_max > 0) || !(static_cast<double>(d) * 4.0 * x_max * x_max < 0x1p126)) return false;
+
+  // A few far outliers would set the step for everyone and widen every row's band. Rows (of
+  // either set) beyond kWildGap x the (kMaxWild + 1)-th largest row maximum are "wild": the step
+  // is set without them; as reference rows they never enter the integer pass (every query row
+  // re-measures them exactly instead), as query rows they are searched by the exact kernel.
+  double x_scale = x_max;
+  const int64_t max_wild = std::min<int64_t>(kMaxWild, (n - k - 2) / 2);
+  if (max_wild > 0) {
+    std::nth_element(all.begin(), all.begin() + max_wild, all.end(), std::greater<double>());
+    if (all[max_wild] > 0 && x_max > kWildGap * all[max_wild]) x_scale = kWildGap * all[max_wild];
+  }
+  MixedData& m = *out;
+  const std::vector<double>& max_ref = self ? max_x : max_y;
+  m.wild.clear();
+  for (int64_t j = 0; j < n; ++j)
+    if (max_ref[j] > x_scale) m.wild.push_back(static_cast<int32_t>(j));
+  m.is_wild.resize(static_cast<size_t>(nx));
+  for (int64_t i = 0; i < nx; ++i) m.is_wild[i] = max_x[i] > x_scale;
+
+  // |q| <= qmax keeps |I_ij| <= 4 d qmax^2 and every partial sum of the kernel within int32.
+  const double qmax = std::min(32767.0, std::floor(std::sqrt(2147483647.0 / (4.0 * d))));
+  // The step, a float rounded up, so that |x / alpha| <= qmax (wild rows: clamped) and alpha * q
+  // is exact in double.
+  const double alpha = std::nextafter(static_cast<float>(x_scale / qmax), INFINITY);
+
+  std::vector<int32_t> ref_sq;
+  quantise_rows(x, nx, d, d2, mu, alpha, qmax, pfor, &m.q, &m.norm, &m.delta);
+  if (self) {
+    m.ref_q = m.q;
+    ref_sq = m.norm;
+    m.ref_delta = m.delta;
+  } else {
+    quantise_rows(y, ny, d, d2, mu, alpha, qmax, pfor, &m.ref_q, &ref_sq, &m.ref_delta);
+  }
+
+  // The reference rows packed in panels: wild columns are zero in the panels, masked out of the
+  // integer pass and left out of delta_max (their pairs are always re-measured); padding columns
+  // have norm INT32_MAX and are never candidates.
+  const int64_t num_panels = (n + kMixedPanel - 1) / kMixedPanel;
+  std::vector<uint8_t> ref_wild(static_cast<size_t>(n), 0);
+  for (const int32_t j : m.wild) ref_wild[j] = 1;
+  m.panels.assign(static_cast<size_t>(num_panels * kMixedPanel * d2), 0);
+  m.ref_norm.assign(static_cast<size_t>(num_panels * kMixedPanel), std::numeric_limits<int32_t>::max());
+  m.live.assign(static_cast<size_t>(num_panels), ~uint64_t{0});
+  if (n % kMixedPanel) m.live[num_panels - 1] = (uint64_t{1} << (n % kMixedPanel)) - 1;
+  pfor(num_panels, std::max<int64_t>(1, (int64_t{1} << 16) / (kMixedPanel * d)), [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin * kMixedPanel; j < std::min(n, end * kMixedPanel); ++j) {
+      if (ref_wild[j]) continue;
+      int16_t* col = m.panels.data() + (j / kMixedPanel) * kMixedPanel * d2 + (j % kMixedPanel) * 2;
+      for (int64_t c = 0; c < d; ++c) col[(c / 2) * kMixedPanel * 2 + (c % 2)] = m.ref_q[j * d2 + c];
+      m.ref_norm[j] = ref_sq[j];
+    }
+  });
+  double delta_max = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    if (ref_wild[j]) m.live[j / kMixedPanel] &= ~(uint64_t{1} << (j % kMixedPanel));
+    else delta_max = std::max(delta_max, m.ref_delta[j]);
+  }
 
   const double d_plus_2_u = static_cast<double>(d + 2) * 0x1p-24;
   MixedPlan& plan = m.plan;
@@ -159,53 +212,50 @@ bool build_mixed_data(const float* z, int64_t n, int64_t d, int64_t k, const Par
   plan.query_q = m.q.data();
   plan.query_norm = m.norm.data();
   plan.query_delta = m.delta.data();
-  // Wild columns: zero in the panels and masked out of the integer pass; their own errors are
-  // left out of delta_max (their pairs are always re-measured).
-  m.live.assign(static_cast<size_t>(num_panels), ~uint64_t{0});
-  if (n % kMixedPanel) m.live[num_panels - 1] = (uint64_t{1} << (n % kMixedPanel)) - 1;
-  m.is_wild.assign(static_cast<size_t>(n), 0);
-  for (const int32_t j : m.wild) {
-    m.is_wild[j] = 1;
-    m.live[j / kMixedPanel] &= ~(uint64_t{1} << (j % kMixedPanel));
-    m.ref_norm[j] = std::numeric_limits<int32_t>::max();
-    int16_t* col = m.panels.data() + (j / kMixedPanel) * kMixedPanel * d2 + (j % kMixedPanel) * 2;
-    for (int64_t c = 0; c < d; ++c) col[(c / 2) * kMixedPanel * 2 + (c % 2)] = 0;
-  }
-  double delta_max = 0;
-  for (int64_t j = 0; j < n; ++j)
-    if (!m.is_wild[j]) delta_max = std::max(delta_max, m.delta[j]);
   plan.bound.alpha = alpha;
   plan.bound.delta_max = delta_max;
   plan.bound.grow = 1.0 / (1.0 - d_plus_2_u) * kBoundMargin;  // (1 + u)^m <= 1 / (1 - m u)
   plan.bound.shrink = (1.0 - d_plus_2_u) / kBoundMargin;      // (1 - u)^m >= 1 - m u
   plan.bound.underflow = static_cast<double>(d) * 0x1p-149;
   plan.reach_slope = mixed_fast_reach_slope(plan.bound);
-  for (int64_t j = 0; j < n; ++j) m.reach[j] = mixed_fast_reach_offset(m.delta[j], plan.bound);
+  m.reach.resize(static_cast<size_t>(nx));
+  for (int64_t i = 0; i < nx; ++i) m.reach[i] = mixed_fast_reach_offset(m.delta[i], plan.bound);
   plan.query_reach = m.reach.data();
   plan.ref_live = m.live.data();
   plan.ref_wild = m.wild.data();
   plan.num_wild = static_cast<int64_t>(m.wild.size());
   plan.query_wild = m.is_wild.data();
-  plan.self_offset = 0;
+  plan.self_offset = self ? 0 : -1;
   plan.capacity = 64 + 8 * k;  // legitimate lists stay far below this (about k + 5 at the end)
-  plan.query_rows = z;
-  plan.ref_rows = z;
+  plan.query_rows = x;
+  plan.ref_rows = ref;
   return true;
 }
 
-bool knn_search_mixed(const SearchArgs<float>& args, const SearchKernel<float>& exact,
-                      RowRange rows, const ParallelFor& pfor) {
+bool knn_search_mixed(const SearchArgs<float>& args, const float* reference_rows,
+                      const SearchKernel<float>& exact, RowRange rows, const ParallelFor& pfor) {
   const int64_t n = args.n, d = args.d, k = args.k;
+  const bool self = args.exclude_self;
   const SearchMode mode = search_mode_from_env();
   if (args.norm != Norm::L2 || mode == SearchMode::Exact) return false;
-  if (mode == SearchMode::Auto && !auto_prefers_mixed(n, d)) return false;
+  // Self: the rule as measured; a separate set: the same rule on the smaller of the two sets.
+  if (mode == SearchMode::Auto && !auto_prefers_mixed(self ? n : std::min(n, rows.end - rows.begin), d))
+    return false;
   // The refinement reproduces the exact kernel's subtract + FMA; the portable kernel rounds the
   // product separately (no FMA), so it keeps its own search.
   if (!mixed_search_supported() || std::strcmp(exact.name, "generic") == 0) return false;
+  // The query rows quantised: all rows in the self case (they are the reference rows too), the
+  // range's rows otherwise. query = row - query_base.
+  const int64_t query_base = self ? 0 : rows.begin;
+  const int64_t num_queries = self ? n : rows.end - rows.begin;
   for (int64_t j = 0; j < n; ++j)
     if (!args.finite[j]) return false;  // NaN keys: the exact kernel's rules apply
+  for (int64_t i = query_base; i < query_base + num_queries; ++i)
+    if (!args.query_finite[i]) return false;
   MixedData data;
-  if (!build_mixed_data(args.queries, n, d, k, pfor, &data)) return false;
+  if (!build_mixed_data(args.queries + query_base * d, num_queries, self ? nullptr : reference_rows, n, d, k,
+                        pfor, &data))
+    return false;
   const MixedPlan& plan = data.plan;
 
   const int64_t num_blocks = (rows.end - rows.begin + kMixedRowBlock - 1) / kMixedRowBlock;
@@ -219,14 +269,14 @@ bool knn_search_mixed(const SearchArgs<float>& args, const SearchKernel<float>& 
       const int64_t r1 = std::min(rows.end, r0 + kMixedRowBlock);
       float* keys = args.keys + (r0 - args.first_row) * k;
       int64_t* idx = args.idx + (r0 - args.first_row) * k;
-      const MixedBlock block{r0, r1 - r0, cand.data(), cand_y.data(), approx_top.data(), keys, idx};
+      const MixedBlock block{r0 - query_base, r1 - r0, cand.data(), cand_y.data(), approx_top.data(), keys, idx};
       // After two blocks that fell back, the data is taken to be too clustered for the integer
       // pass: the rest of this range goes straight to the exact kernel, so that such data costs
       // at most two partial integer passes per thread over the exact search.
 #if defined(EAE_HAVE_X86_KERNELS)
       if (exact_here < 2 && avx512vnni::mixed_search_block(plan, block)) {
         for (int64_t i = r0; i < r1; ++i)  // outlier query rows (skipped by the integer pass)
-          if (plan.query_wild[i]) exact.search_rows(args, i, i + 1);
+          if (plan.query_wild[i - query_base]) exact.search_rows(args, i, i + 1);
         continue;
       }
 #endif

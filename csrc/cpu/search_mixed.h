@@ -26,6 +26,12 @@
 //      final threshold is still a superset of the exact top-k. The exact top-k of the candidates
 //      (same keys, same (key, index) order) is then the exact top-k of all columns.
 //
+// A separate reference set (x searched among y): x and y are centred by the same mu and
+// quantised with the same alpha, so steps 1-4 hold unchanged with z_i a query row of x and z_j a
+// reference row of y; delta_i is the query row's error, and delta_max (step 4) is taken over the
+// reference rows only. Nothing is excluded as "self" (y == x copies tie at distance 0 and keep
+// the lower index, as in the exact kernel).
+//
 // All bound arithmetic is done in double with a relative safety margin that exceeds the
 // accumulated double rounding of the few operations involved (each at most 2^-53).
 // A few far outlier rows ("wild" rows) are set aside: the step is chosen without them, every row
@@ -47,7 +53,7 @@ namespace cpu {
 // Constants of the bound for one call (see the derivation above).
 struct MixedBound {
   double alpha;      // quantisation step: x ~ alpha * q
-  double delta_max;  // max_j delta_j over the reference rows
+  double delta_max;  // max_j delta_j over the reference rows that take part in the integer pass
   double grow;       // >= (1 + u)^(d+2)
   double shrink;     // <= (1 - u)^(d+2)
   double underflow;  // >= d * 2^-149, the absolute underflow error of the exact key
@@ -151,29 +157,34 @@ bool mixed_search_supported();
 enum class SearchMode { Auto, Exact, Mixed };
 SearchMode search_mode_from_env();
 
-// The mixed search of the rows [row_begin, row_end) of z (n, d) against all n rows, writing the
-// same keys and indices as exact->search_rows(args, ...); args, keys and idx as prepared by
-// knn_search (float, L2). Returns false, having written nothing, when the mixed path is not
-// wanted (EAE_KERNELS_SEARCH, the auto rule) or not applicable (CPU, ISA, non-finite or extreme
-// values, sizes): the caller then runs the exact search.
-bool knn_search_mixed(const SearchArgs<float>& args, const SearchKernel<float>& exact,
-                      RowRange rows, const ParallelFor& pfor);
+// The mixed search of the query rows `rows` of args (the self search, args.exclude_self, or the
+// search among a separate reference set whose args.n rows, row-major, are reference_rows),
+// writing the same keys and indices as exact.search_rows(args, ...); args, keys and idx as
+// search_pass prepares them (float, L2). Returns false, having written nothing, when the mixed
+// path is not wanted (EAE_KERNELS_SEARCH, the auto rule) or not applicable (CPU, ISA, non-finite
+// or extreme values, sizes): the caller then runs the exact search.
+bool knn_search_mixed(const SearchArgs<float>& args, const float* reference_rows,
+                      const SearchKernel<float>& exact, RowRange rows, const ParallelFor& pfor);
 
 // The quantised rows and their plan (the arrays the plan points to), as knn_search_mixed builds
-// them; exposed for the bound's test.
+// them; exposed for the bound's test. Query arrays are indexed by query row, reference arrays by
+// reference row (in the self case both describe the same rows).
 struct MixedData {
-  std::vector<int16_t> panels, q;
-  std::vector<int32_t> ref_norm, norm, wild;
-  std::vector<double> delta, reach;
+  std::vector<int16_t> q, ref_q;  // [row][d2] quantised query / reference rows
+  std::vector<int32_t> norm;      // [query] |q_i|^2
+  std::vector<double> delta, ref_delta, reach;
+  std::vector<uint8_t> is_wild;   // [query]
+  std::vector<int16_t> panels;    // the reference rows packed for the kernel (outliers zeroed)
+  std::vector<int32_t> ref_norm, wild;
   std::vector<uint64_t> live;
-  std::vector<uint8_t> is_wild;
   MixedPlan plan;
 };
-// Centres and quantises z (n, d) and fills *out (plan.self_offset = 0: z against itself); false
-// when the values or sizes are out of the mixed search's range (all rows equal, keys that could
-// overflow float, d > 16384, n * d >= 2^31).
-bool build_mixed_data(const float* z, int64_t n, int64_t d, int64_t k, const ParallelFor& pfor,
-                      MixedData* out);
+// Centres and quantises the query rows x (nx, d) and the reference rows y (ny, d) with one
+// centre and one step, and fills *out; y == nullptr is the self search (y = x, a row never its
+// own neighbour). False when the values or sizes are out of the mixed search's range (all rows
+// equal, keys that could overflow float, d > 16384, n * d >= 2^31).
+bool build_mixed_data(const float* x, int64_t nx, const float* y, int64_t ny, int64_t d, int64_t k,
+                      const ParallelFor& pfor, MixedData* out);
 
 // Counters since start-up, for tests and benchmarks: calls that took the mixed path, and their
 // row blocks searched by the integer pass or by the exact kernel (fallback).

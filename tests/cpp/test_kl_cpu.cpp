@@ -168,28 +168,6 @@ static void check_cross(const std::vector<double>& x64, int64_t m, const std::ve
   }
 }
 
-// The matrix-product candidate search (KoLeo's) gives knn_search's keys and indices bit for bit.
-template <class T>
-static void check_nearest_other_row(const std::vector<double>& z64, int64_t n, int64_t d, const char* what) {
-  std::vector<T> z(z64.begin(), z64.end()), keys(n), keys_exact(n);
-  std::vector<int64_t> idx(n), idx_exact(n);
-  const eae::cpu::Gemm<T> naive = [](const T* a, int64_t m, const T* b, int64_t nn, int64_t dd, T* c) {
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < nn; ++j) {
-        T s = 0;
-        for (int64_t q = dd - 1; q >= 0; --q) s += a[i * dd + q] * b[j * dd + q];  // another order
-        c[i * nn + j] = s;
-      }
-  };
-  CHECK(eae::cpu::nearest_other_row<T>(z.data(), n, {0, n}, d, keys.data(), idx.data(), naive, two_threads),
-        "%s: the matrix-product path refused finite rows", what);
-  eae::cpu::knn_search<T>(z.data(), n, d, 1, Norm::L2, {0, n}, keys_exact.data(), idx_exact.data(), two_threads);
-  for (int64_t i = 0; i < n; ++i)
-    CHECK(idx[i] == idx_exact[i] && keys[i] == keys_exact[i], "%s isa=%s n=%ld d=%ld row %ld: (%g, %ld) vs (%g, %ld)",
-          what, eae::cpu::isa(), long(n), long(d), long(i), double(keys[i]), long(idx[i]), double(keys_exact[i]),
-          long(idx_exact[i]));
-}
-
 int main() {
   std::mt19937_64 rng(1234);
   std::normal_distribution<double> normal;
@@ -228,19 +206,6 @@ int main() {
         check_cross<float>(x, m, y, n, d, 4, norm, true);
         check_cross<double>(x, m, y, n, d, 4, norm, true);
       }
-    for (int64_t d : {1, 8, 200}) {
-      const int64_t n = 150;
-      std::vector<double> z(n * d);
-      for (double& v : z) v = normal(rng);
-      check_nearest_other_row<float>(z, n, d, "gemm random");
-      check_nearest_other_row<double>(z, n, d, "gemm random");
-      for (double& v : z) v = small_int(rng);
-      check_nearest_other_row<float>(z, n, d, "gemm ties");
-      for (int64_t i = 0; i < n; ++i)  // near-ties: one row plus tiny perturbations
-        for (int64_t c = 0; c < d; ++c) z[i * d + c] = z[c] + 1e-4 * normal(rng);
-      check_nearest_other_row<float>(z, n, d, "gemm near-ties");
-    }
-
     // Duplicate rows: finite value and finite (zero) gradient.
     {
       const int64_t n = 6, d = 3;
