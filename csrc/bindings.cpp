@@ -124,6 +124,10 @@ c10::optional<cpu::Gemm<T>> blas_gemm(at::ScalarType type) {
   });
 }
 
+}  // namespace
+
+// The argument checks of the set ops (declared in bindings.h; the CUDA binding shares them).
+
 // A batch (B, M, d) of sets: checks the tensor and its lengths; returns the lengths as a CPU
 // int64 tensor (undefined when absent).
 at::Tensor check_sets(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, const char* name) {
@@ -186,6 +190,8 @@ void check_set_sizes(Estimator est, const at::Tensor& lx, const at::Tensor& ly, 
                   ": the k-th nearest row of y needs at least k rows");
   }
 }
+
+namespace {
 
 // One estimator on a batch: (values (B,), grad_x, grad_y, nbr (B, M)).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> estimate_cpu(
