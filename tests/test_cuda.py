@@ -1,6 +1,9 @@
 """CUDA-specific checks of the CUDA C++ backend (csrc/cuda/): every execution path and searcher
 against the CPU op (same semantics, same keys), determinism, CUDA-graph capture, the one-launch
-small-batch path, half inputs, alignment, and torch.compile.
+small-batch path, half inputs, alignment, and torch.compile; and the estimator family on batches
+of sets (kl_entropy_sets, knn_sets, kl_cross_entropy, kl_divergence, koleo) against the CPU op:
+values, both gradients, batched == a loop, ragged == slicing, k in {1, 3, 20}, p in {1, 2, inf},
+ties, NaN, empty sets, bit-for-bit repeats.
 
 The generic contract (values against the reference, gradcheck, ties, NaN, ...) runs for the
 'cuda' backend in the device-parametrised suite (conftest.fused_backends). Everything here skips
@@ -8,7 +11,9 @@ without a GPU or without the compiled CUDA kernels.
 
 The backend's knobs, read on every call (csrc/cuda/kl_cuda.cu):
   EAE_KERNELS_CUDA_PATH = atomic | gather   the gradient path (default: fused for N <= 1024 and
-                                            d <= 256, else atomic, or gather if deterministic)
+                                            d <= 256, else atomic, or gather if deterministic;
+                                            the set ops: fused for sets of <= 1024 rows, else
+                                            gather)
   EAE_KERNELS_CUDA_TILE = small | large | list   the searcher (default: by N and k)
 """
 

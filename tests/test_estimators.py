@@ -341,5 +341,5 @@ def test_backend_table():
     assert backends.resolve("auto", "kl_divergence", torch.zeros(1)) == "cpu"
     reason = backends.why_unavailable("triton", "kl_divergence", torch.device("cpu"))
     assert "does not implement kl_divergence" in reason
-    with pytest.raises(RuntimeError, match="backend='cuda' is unavailable: it does not implement koleo"):
+    with pytest.raises(RuntimeError, match="backend='cuda' is unavailable: it needs a CUDA tensor"):
         eae_kernels.koleo_loss(torch.randn(5, 3), backend="cuda")
