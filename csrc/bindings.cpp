@@ -107,7 +107,11 @@ std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& z, int64_t k, doubl
   return {dist, idx};
 }
 
+}  // namespace
+
 // ---- The estimator family on batches of sets ----
+
+// The argument checks of the set ops (declared in bindings.h; the CUDA binding shares them).
 
 // A batch (B, M, d) of sets: checks the tensor and its lengths; returns the lengths as a CPU
 // int64 tensor (undefined when absent).
@@ -171,6 +175,8 @@ void check_set_sizes(Estimator est, const at::Tensor& lx, const at::Tensor& ly, 
                   ": the k-th nearest row of y needs at least k rows");
   }
 }
+
+namespace {
 
 // One estimator on a batch: (values (B,), grad_x, grad_y, nbr (B, M)).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> estimate_cpu(

@@ -21,4 +21,15 @@ cpu::RowRange check_row_range(const at::Tensor& z, int64_t row_begin, int64_t ro
 // float32 for half inputs (float16, bfloat16), else the input type.
 at::ScalarType accumulation_type(at::ScalarType t);
 
+// The set ops' checks (bindings.cpp). check_sets: x (B, M, d) floating with d >= 1, lengths (B,)
+// int64 on x's device with values in [0, M]; returns the lengths copied to the CPU (undefined
+// when absent). set_rows: set b's rows (lengths[b], or `full`). check_pair: y's B, d, dtype and
+// device match x's. check_set_sizes: every set is large enough for the estimator and k.
+at::Tensor check_sets(const at::Tensor& x, const c10::optional<at::Tensor>& lengths, const char* name);
+int64_t set_rows(const at::Tensor& lengths, int64_t b, int64_t full);
+Norm check_norm(double p);
+void check_pair(const at::Tensor& x, const at::Tensor& y);
+void check_set_sizes(Estimator est, const at::Tensor& lx, const at::Tensor& ly, int64_t sets,
+                     int64_t mx, int64_t my, int64_t k);
+
 }  // namespace eae

@@ -88,7 +88,7 @@ BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
         Backend("cpu", ("cpu",), ALL_OPS, lambda dev: _compiled_reason(dev, "cpu"), _compiled_op),
-        Backend("cuda", ("cuda",), SINGLE_SET_OPS + (KSG_OP,), lambda dev: _compiled_reason(dev, "cuda"), _compiled_op),
+        Backend("cuda", ("cuda",), ALL_OPS, lambda dev: _compiled_reason(dev, "cuda"), _compiled_op),
         Backend("triton", ("cuda",), ALL_OPS, _triton_reason, _triton_op),
         Backend("reference", (), ALL_OPS, lambda dev: None, _reference_op),
     )

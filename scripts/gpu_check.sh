@@ -5,6 +5,8 @@
 #   1. build eae_kernels._C in place with its CUDA kernels (sm_90 only, to save time)    ~1.5 min
 #   1b. python -m eae_kernels.selfcheck: every GPU backend against the CPU kernel, every path  <= 4 min
 #   2. pytest tests/test_cuda.py (the CUDA-specific checks)                               ~1 min
+#   2b. the estimator family on CUDA (kl_entropy_sets, kl_cross_entropy, kl_divergence, koleo,
+#       knn_sets): against the CPU op, and fwd+bwd timing of the batched shapes and KoLeo  <= 60 s
 #   3. GPU timing: cuda, triton and reference, forward and forward+backward, float32, k=1,
 #      d=64, N in {100, 1024, 16384, 65536}; the design targets (N=65536 with d=128 as a fraction
 #      of fp32 peak); the CUDA tile/path variants; a CUDA-graph replay at N=100; and the scale
@@ -18,8 +20,8 @@
 #
 # Usage (from the repository root):  OUT=/some/dir bash scripts/gpu_check.sh
 # Everything it prints is also written under $OUT: build.log, test_cuda.log, bench.log,
-# bench.json, bench.md, triton_check.log, triton_sets.log, test_triton_sets.log, tests.log and summary.txt
-# (what passed, what failed).
+# bench.json, bench.md, sets_bench.log, triton_check.log, triton_sets.log, test_triton_sets.log,
+# tests.log and summary.txt (what passed, what failed).
 # GPU_CHECK_DRY=1 rehearses the script without a GPU (no build, no tests; the self-check on the
 # Triton interpreter, the timing harness on the CPU backend at small N), so that a mistake in it
 # does not cost GPU time.
@@ -80,6 +82,130 @@ if [ "$DRY" != 1 ]; then
   timeout "$(left)" "$PY" -m pytest -q -x tests/test_cuda.py -p no:cacheprovider >"$OUT/test_cuda.log" 2>&1
   note "tests/test_cuda.py: exit $? ($(elapsed) s): $(tail -1 "$OUT/test_cuda.log")"
 fi
+
+# ---- 2b. The estimator family on CUDA: correctness spot check and timing (<= 60 s) -------------
+# kl_entropy_sets / kl_cross_entropy / kl_divergence / koleo / knn_sets against the CPU op on the
+# same data (neighbours exactly, values and gradients to rounding), then forward+backward ms for
+# the batched EAE shape (B=64 sets of N=100, d=16), many sets of 1024 (the one-launch path), one
+# large set (two launches), and KoLeo at B in {1024, 4096}, d=768, against a loop of single-set
+# calls and the DINOv2 formula. Dry run: the CPU op stands in for the CUDA one, tiny shapes.
+timeout "$(( $(left) < 60 ? $(left) : 60 ))" "$PY" - >"$OUT/sets_bench.log" 2>&1 <<'PYEOF'
+import os, statistics, time
+
+import torch
+
+import eae_kernels
+
+DRY = os.environ.get("GPU_CHECK_DRY") == "1"
+dev = torch.device("cpu" if DRY else "cuda")
+OP = torch.ops.eae_kernels
+EPS = 1e-8
+failures = 0
+
+
+def sync():
+    if not DRY:
+        torch.cuda.synchronize()
+
+
+def per_call_ms(fn, reps):
+    fn()
+    sync()
+    loops = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync()
+        loops.append((time.perf_counter() - t0) * 1e3 / reps)
+    return statistics.median(loops)
+
+
+def sets(b, n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, n, d, generator=g).to(dev)
+
+
+def check(name, run, args, exact=()):
+    """run(*args) on the device against run(*args on the CPU): exact outputs bit for bit, the others
+    to rounding. An exception counts as a failure (and the harness goes on)."""
+    global failures
+    try:
+        got = run(*args)
+        want = run(*[a.cpu() if isinstance(a, torch.Tensor) else a for a in args])
+    except Exception as exc:
+        failures += 1
+        print(f"  {name}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0][:160]}", flush=True)
+        return
+    bad = []
+    for i, (a, c) in enumerate(zip(got, want)):
+        a = a.cpu()
+        if i in exact:
+            ok = torch.equal(a, c)
+        else:
+            scale = max(1.0, c.abs().nan_to_num(0, 0, 0).max().item()) if c.numel() else 1.0
+            ok = a.shape == c.shape and bool(torch.allclose(a, c, rtol=1e-5, atol=1e-5 * scale, equal_nan=True))
+        if not ok:
+            bad.append(i)
+    failures += bool(bad)
+    print(f"  {name}: {'ok' if not bad else 'MISMATCH in outputs ' + str(bad)}", flush=True)
+
+
+print("Correctness against the CPU op (float32, ragged lengths):")
+x, y = sets(4, 200, 8, 1), sets(4, 150, 8, 2)
+lx = torch.tensor([200, 50, 7, 120], device=dev)
+ly = torch.tensor([150, 3, 90, 100], device=dev)
+for path in ("fused", "gather", "atomic"):
+    os.environ["EAE_KERNELS_CUDA_PATH"] = path
+    for k, p in ((1, 2.0), (3, 1.0), (3, float("inf"))):
+        tag = f"{path} k={k} p={p}"
+        check(f"kl_entropy_sets {tag}", OP.kl_entropy_sets, (x, lx, k, p, EPS, True), exact=(2,))
+        check(f"kl_divergence {tag}", OP.kl_divergence, (x, y, lx, ly, k, p, EPS, True))
+        check(f"kl_cross_entropy {tag}", OP.kl_cross_entropy, (x, y, lx, ly, k, p, EPS, True))
+    check(f"kl_divergence {path} k=20 (list search)", OP.kl_divergence, (x, y, None, None, 20, 2.0, EPS, True))
+    xn = torch.nn.functional.normalize(x, dim=-1)
+    check(f"koleo {path}", OP.koleo, (xn, lx, EPS, True, 0, -1))
+os.environ.pop("EAE_KERNELS_CUDA_PATH", None)
+check("knn_sets self k=20", OP.knn_sets, (x, None, None, None, 20, 2.0), exact=(1,))
+check("knn_sets self k=3 ragged", OP.knn_sets, (x, None, lx, None, 3, 2.0), exact=(1,))
+check("knn_sets cross k=2 ragged", OP.knn_sets, (x, y, lx, ly, 2, 2.0), exact=(1,))
+
+backend = "cpu" if DRY else "cuda"
+print(f"\nfwd+bwd ms per call ({backend} backend; median of 3 loops):", flush=True)
+shapes = [(8, 100, 16), (4, 300, 16)] if DRY else [(64, 100, 16), (256, 1024, 16), (1, 20000, 32)]
+for b, n, d in shapes:
+    x = sets(b, n, d, 3).requires_grad_()
+    y = sets(b, n, d, 4).requires_grad_()
+    reps = 3 if DRY else 20
+    batched = per_call_ms(lambda: eae_kernels.kl_entropy(x, 1, backend=backend).sum().backward(), reps)
+    loop = per_call_ms(lambda: sum(eae_kernels.kl_entropy(x[i], 1, backend=backend) for i in range(b)).backward(), max(1, reps // 4))
+    div = per_call_ms(lambda: eae_kernels.kl_divergence(x, y, 1, backend=backend).sum().backward(), reps)
+    print(f"  B={b} N={n} d={d}: kl_entropy batched {batched:.3f} ms, loop of single sets {loop:.3f} ms "
+          f"({loop / batched:.1f}x); kl_divergence batched {div:.3f} ms", flush=True)
+
+
+def dinov2_koleo(x, eps=1e-8):
+    x = torch.nn.functional.normalize(x, eps=1e-8, p=2, dim=-1)
+    dots = torch.mm(x, x.t())
+    n = x.shape[0]
+    dots.view(-1)[:: (n + 1)].fill_(-1)
+    _, idx = torch.max(dots, dim=1)
+    dist = torch.nn.PairwiseDistance(2, eps=1e-8)(x, x[idx])
+    return -torch.log(dist + eps).mean()
+
+
+print("\nKoLeo fwd+bwd ms (ours vs the DINOv2 formula):", flush=True)
+for n, d in ([(256, 64)] if DRY else [(1024, 768), (4096, 768)]):
+    x = sets(1, n, d, 5)[0].requires_grad_()
+    ours = per_call_ms(lambda: eae_kernels.koleo_loss(x, backend=backend).backward(), 3 if DRY else 20)
+    ref = per_call_ms(lambda: dinov2_koleo(x).backward(), 3 if DRY else 20)
+    same = abs(eae_kernels.koleo_loss(x, backend=backend).item() - dinov2_koleo(x).item())
+    print(f"  B={n} d={d}: ours {ours:.3f} ms, DINOv2 {ref:.3f} ms ({ref / ours:.2f}x), |difference| {same:.2e}", flush=True)
+print(f"\nset ops: {'all match' if not failures else f'{failures} MISMATCHES'}")
+raise SystemExit(1 if failures else 0)
+PYEOF
+note "set ops (CUDA estimators): exit $? ($(elapsed) s): $(tail -1 "$OUT/sets_bench.log")"
+cat "$OUT/sets_bench.log"
 
 # ---- 3. GPU timing ----------------------------------------------------------------------------
 timeout "$(left)" "$PY" - "$OUT" >"$OUT/bench.log" 2>&1 <<'PYEOF'

@@ -340,5 +340,6 @@ def test_backend_table():
     assert set(backends.BACKENDS["reference"].ops) == set(backends.ALL_OPS)
     assert backends.resolve("auto", "kl_divergence", torch.zeros(1)) == "cpu"
     assert set(backends.BACKENDS["triton"].ops) == set(backends.ALL_OPS)
-    with pytest.raises(RuntimeError, match="backend='cuda' is unavailable: it does not implement koleo"):
+    assert set(backends.BACKENDS["cuda"].ops) == set(backends.ALL_OPS)
+    with pytest.raises(RuntimeError, match="backend='cuda' is unavailable: it needs a CUDA tensor"):
         eae_kernels.koleo_loss(torch.randn(5, 3), backend="cuda")
