@@ -285,6 +285,7 @@ def _mixed_candidates_kernel(
     DP: tl.constexpr,
     BK: tl.constexpr,
     TF32: tl.constexpr,
+    WIDEN: tl.constexpr,  # bf16 operands widened to float32 before the dot (interpreter only)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -314,7 +315,10 @@ def _mixed_candidates_kernel(
             for k0 in range(0, DP, BK):
                 a = tl.load(a_base + k0)
                 b = tl.load(b_base + k0)
-                if TF32:
+                if WIDEN:  # the interpreter's bf16 dot multiplies the bit patterns: widen (exactly) first
+                    a = a.to(tl.float32)
+                    b = b.to(tl.float32)
+                if TF32 or WIDEN:
                     g = tl.dot(a, b, g, input_precision="tf32")
                 else:
                     g = tl.dot(a, b, g)
@@ -458,6 +462,7 @@ def kl_search(z, k, row_begin, row_end, eps_bits, terms, nbr, weights, *, wrap=N
         prep["y"], prep["norm32"], prep["norm"], prep["delta"], prep["consts"], cand, count,
         n, row_begin, row_end, *bits,
         K=k, KP=kp, C=cap, DP=dp, BK=min(dp, 32), TF32=prep["y"].dtype == torch.float32,
+        WIDEN=_interpreted() and prep["y"].dtype == torch.bfloat16,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
     )  # fmt: skip
     store_nbr = nbr.numel() > 0

@@ -82,8 +82,9 @@ def blocks(monkeypatch, n):
     size = 16 if n < 64 else 64
     monkeypatch.setitem(triton_backend.INTERPRETER_SEARCH_CONFIG, "BLOCK_M", size)
     monkeypatch.setitem(triton_backend.INTERPRETER_SEARCH_CONFIG, "BLOCK_N", size)
-    for key in ("BLOCK_M", "BLOCK_N", "REFINE_N"):
+    for key in ("BLOCK_M", "BLOCK_N", "REFINE_M", "REFINE_N"):
         monkeypatch.setitem(triton_mixed.INTERPRETER_CONFIG, key, size)
+    monkeypatch.setattr(triton_backend, "_INTERPRETER_GATHER_SCAN", size)
 
 
 @pytest.mark.parametrize("d", [1, 3, 16, 64])
@@ -308,10 +309,12 @@ def test_non_finite_or_huge_values_are_flagged():
 @pytest.mark.subprocess
 def test_kernels_compile_for_sm80_and_sm90():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "0"  # the exact keys must still be fma (explicit tl.fma)
     done = subprocess.run([sys.executable, str(SCRIPTS / "triton_mixed_aot_compile.py")], env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     if "UNSUPPORTED" in done.stderr:
         pytest.skip(done.stderr.strip().splitlines()[-1])
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.count("compiled") == 10, done.stdout
-    assert "mma" in done.stdout  # tl.dot lowered to tensor-core instructions
+    assert done.stdout.count(" mma ") == 6, done.stdout  # tl.dot on tensor cores, tf32/bf16 operands
+    assert done.stdout.count(" fma") == 4, done.stdout

@@ -1,8 +1,9 @@
 """Compiles the mixed-search kernels (eae_kernels/triton_mixed.py) for sm_80 and sm_90 without a
 GPU (Triton's bundled ptxas), in a process without TRITON_INTERPRET: catches what the interpreter
 cannot (tl.dot lowering and operand types, layouts, Triton's compile-time checks). Run by
-tests/test_triton_mixed.py; prints one "compiled" line per kernel and arch, with "mma" when the
-candidate kernel's PTX holds tensor-core instructions (mma.sync on sm_80, wgmma or mma on sm_90).
+tests/test_triton_mixed.py; prints one "compiled" line per kernel and arch, with "mma <instruction>"
+when the candidate kernel's PTX holds tensor-core instructions on tf32/bf16 operands, and "fma"
+when the refinement's exact keys are fma.rn.f32 (run it with fusion off to check the latter).
 """
 
 import inspect
@@ -27,11 +28,11 @@ refine = dict(cand_ptr="*i32", count_ptr="*i32", consts_ptr="*fp64", terms_ptr="
               weight_ptr="*fp32", stats_ptr="*i32", eps_bits="i64")
 cases = [
     (tm._mixed_candidates_kernel, dict(cand, y_ptr="*fp32"),
-     dict(K=1, KP=1, C=64, DP=128, BK=32, TF32=True, BLOCK_M=64, BLOCK_N=64), 4),
+     dict(K=1, KP=1, C=64, DP=128, BK=32, TF32=True, WIDEN=False, BLOCK_M=64, BLOCK_N=64), 4),
     (tm._mixed_candidates_kernel, dict(cand, y_ptr="*bf16"),
-     dict(K=5, KP=8, C=128, DP=16, BK=16, TF32=False, BLOCK_M=128, BLOCK_N=64), 8),
+     dict(K=5, KP=8, C=128, DP=16, BK=16, TF32=False, WIDEN=False, BLOCK_M=128, BLOCK_N=64), 8),
     (tm._mixed_candidates_kernel, dict(cand, y_ptr="*fp32"),
-     dict(K=16, KP=16, C=256, DP=1024, BK=32, TF32=True, BLOCK_M=64, BLOCK_N=128), 8),
+     dict(K=16, KP=16, C=256, DP=1024, BK=32, TF32=True, WIDEN=False, BLOCK_M=64, BLOCK_N=128), 8),
     (tm._mixed_refine_kernel, dict(refine, z_ptr="*fp32"),
      dict(K=5, KP=8, C=128, STORE_NBR=True, COUNT=False, BLOCK_M=16, BLOCK_N=64), 4),
     (tm._mixed_refine_kernel, dict(refine, z_ptr="*bf16"),
@@ -42,5 +43,10 @@ for arch in (80, 90):
         src = ASTSource(kernel, sig(kernel, dtypes), constexprs=constexprs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
         ptx = compiled.asm.get("ptx", "")
-        mma = " mma" if kernel is tm._mixed_candidates_kernel and ("mma" in ptx) else ""
-        print("compiled", kernel.__name__, "sm_%d" % arch, str(constexprs.get("TF32", "")) + mma, flush=True)
+        if kernel is tm._mixed_candidates_kernel:  # tensor-core instructions, tf32 or bf16 operands
+            kind = "tf32" if constexprs["TF32"] else "bf16"
+            mma = [line.split()[0] for line in ptx.splitlines() if "mma" in line and kind in line]
+            note = f"mma {mma[0]}" if mma else "NO-MMA"
+        else:  # the exact keys: fma.rn.f32 whatever the fusion setting
+            note = "fma" if "fma.rn.f32" in ptx else "NO-FMA"
+        print("compiled", kernel.__name__, "sm_%d" % arch, note, flush=True)
