@@ -87,14 +87,17 @@ def blocks(monkeypatch, n):
     monkeypatch.setattr(triton_backend, "_INTERPRETER_GATHER_SCAN", size)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("d", [1, 3, 16, 64])
 @pytest.mark.parametrize("n", [2, 17, 100, 300])
 def test_grid_is_bit_identical(n, d, monkeypatch):
+    """float32 with k in {1, 2, 5}; the half dtypes with k = 2 (k in {1, 5} at N = 300, float32
+    only: the interpreter is slow)."""
     blocks(monkeypatch, n)
-    for i, dtype in enumerate((torch.float32, *HALF_DTYPES)):
+    for i, dtype in enumerate((torch.float32, *HALF_DTYPES) if n <= 100 else (torch.float32,)):
         z = random_rows(n, d, seed=1000 * n + d + i, dtype=torch.float32).to(dtype)
-        for k in (1, 2, 5):
-            if k < n and (dtype == torch.float32 or k == 2):
+        for k in (1, 2, 5) if dtype == torch.float32 and n <= 100 else (1, 5) if n > 100 else (2,):
+            if k < n:
                 assert_bit_identical(z, k, monkeypatch)
 
 
@@ -167,6 +170,7 @@ def adversarial_inputs():
     yield "half: float16 + offset", (random_rows(100, 6, seed=20) + 300).to(torch.float16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,z", list(adversarial_inputs()), ids=lambda v: v if isinstance(v, str) else "")
 def test_adversarial_inputs_are_bit_identical(name, z, monkeypatch):
     blocks(monkeypatch, z.shape[0])
@@ -176,9 +180,13 @@ def test_adversarial_inputs_are_bit_identical(name, z, monkeypatch):
 
 def test_wide_bands_fall_back_per_block(monkeypatch):
     """Clusters much tighter than the dot's rounding cannot be pruned: their row blocks run the
-    exact search (counted), and the result is still the exact one."""
+    exact search (counted), the other blocks keep the candidate lists, and the result is still
+    the exact one. (A row whose current k-th value ties with a whole cluster records the cluster:
+    so the cluster sits in the last columns, after the other rows' lists have settled.)"""
     blocks(monkeypatch, 200)
-    z = torch.cat([clustered(100, 16, 1, 1e-7, seed=21), random_rows(100, 16, seed=22, dtype=torch.float32)])
+    monkeypatch.setitem(triton_mixed.INTERPRETER_CONFIG, "REFINE_M", 16)
+    z = random_rows(200, 16, seed=22, dtype=torch.float32)
+    z[120:] = z[0] + 1e-7 * random_rows(80, 16, seed=21, dtype=torch.float32)  # inside the data, not far out
     refined, fell_back = assert_bit_identical(z, 1, monkeypatch)
     assert fell_back > 0 and refined > 0
 
