@@ -388,7 +388,12 @@ def _knn_impl(z, k, p, *, wrap=None):
     launcher = _Launcher(k, wrap)
     dist = z.new_empty((n, k), dtype=accumulation_dtype(z.dtype))
     idx = z.new_empty((n, k), dtype=torch.int64)
+    from . import triton_mixed  # the certified tensor-core search (EAE_KERNELS_SEARCH): same bits
+
     with _device_guard(z):
+        if triton_mixed.wanted(z, k, p, n):
+            triton_mixed.knn_search(z, k, dist, idx, wrap=wrap)
+            return dist, idx
         launcher.searching(
             "knn", lambda meta: (_cdiv(n, meta["BLOCK_M"]),),
             (z, dist, idx, n, d, _concrete(z.stride(0)), _concrete(z.stride(1)), n.bit_length()),

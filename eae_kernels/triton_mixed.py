@@ -1,7 +1,8 @@
 """The certified tensor-core neighbour search of the Triton backend ("mixed" search): a tl.dot
 candidate pass with a rigorous error bound, then exact re-measurement of the candidates with the
 exact kernel's own arithmetic, so that neighbours, keys, H and the gradient are bit-identical to
-the exact Triton search (ties included). L2 only, float32/float16/bfloat16 inputs, self search.
+the exact Triton search (ties included). L2 only, float32/float16/bfloat16 inputs, the self search
+of the kl_entropy and knn ops.
 
     EAE_KERNELS_SEARCH = auto | exact | mixed   (read on every call; auto is the default)
 
@@ -359,14 +360,25 @@ def _exact_keys(z_ptr, rows, cols, n, d, stride_n):
 
 
 @triton.jit
+def _rows_finite(z_ptr, rows, check, d, stride_n):
+    """Whether each row holds only finite values (read only where `check`; True elsewhere)."""
+    base = z_ptr + rows.to(tl.int64) * stride_n
+    finite = check | (~check)
+    for c in range(0, d):
+        v = tl.load(base + c, mask=check, other=0.0)
+        finite = finite & (tl.abs(v) < _INF)
+    return finite
+
+
+@triton.jit
 def _mixed_refine_kernel(
     z_ptr,  # (N, d) contiguous input
     cand_ptr,  # (M, C) int32 candidates
     count_ptr,  # (M,) int32
     consts_ptr,  # (4,) float64, [3] = bad
-    terms_ptr,  # (M,) float64 output: log terms
-    nbr_ptr,  # (M,) int64 output (STORE_NBR)
-    weight_ptr,  # (M,) float32 output (STORE_NBR)
+    terms_ptr,  # kl_entropy: (M,) float64 output, log terms; KNN: (M, K) float32 distances, ascending
+    nbr_ptr,  # kl_entropy: (M,) int64 output (STORE_NBR); KNN: (M, K) int64 indices
+    weight_ptr,  # kl_entropy: (M,) float32 output (STORE_NBR)
     stats_ptr,  # (2,) int32 (COUNT): row blocks refined from candidates, row blocks searched exactly
     n,
     d,
@@ -378,6 +390,7 @@ def _mixed_refine_kernel(
     KP: tl.constexpr,
     C: tl.constexpr,
     STORE_NBR: tl.constexpr,
+    KNN: tl.constexpr,  # emit the sorted lists as the knn kernel does
     COUNT: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -406,12 +419,31 @@ def _mixed_refine_kernel(
         top_key, top_idx = _merge(tl.where(live, raw, _INF), tl.where(live, cidx, _BIG), top_key, top_idx)
         if COUNT:
             tl.atomic_add(stats_ptr, 1)
-    key, nbr = _worst(top_key, top_idx)
-    eps = _f64_from_bits(eps_bits)
-    tl.store(terms_ptr + local, _log_term(key, eps, 2), mask=row_ok)
-    if STORE_NBR:
-        tl.store(nbr_ptr + local, nbr.to(tl.int64), mask=row_ok)
-        tl.store(weight_ptr + local, _weight(key, eps, 2, tl.float32), mask=row_ok)
+    if KNN:
+        # As the exact knn kernel: ascending (key, index); a key of +inf is NaN when either row
+        # holds a NaN or inf, else an overflowing distance (only on the exact-search branch).
+        own_finite = _rows_finite(z_ptr, rows, row_ok & (tl.max(top_key, axis=1) >= _INF), d, stride_n)
+        real = (tl.arange(0, KP) < K)[None, :]
+        keys = tl.where(real, top_key, _INF)
+        idx = tl.where(real, top_idx, _BIG)
+        out = local * K
+        for q in range(0, K):
+            mk, mi = _best(keys, idx)
+            overflow = mk >= _INF
+            finite = own_finite & _rows_finite(z_ptr, mi, row_ok & overflow, d, stride_n)
+            dist = tl.where(overflow, tl.where(finite, _INF, float("nan")), tl.sqrt_rn(mk))
+            tl.store(terms_ptr + out + q, dist, mask=row_ok)
+            tl.store(nbr_ptr + out + q, mi.to(tl.int64), mask=row_ok)
+            taken = idx == mi[:, None]
+            keys = tl.where(taken, _INF, keys)
+            idx = tl.where(taken, _BIG, idx)
+    else:
+        key, nbr = _worst(top_key, top_idx)
+        eps = _f64_from_bits(eps_bits)
+        tl.store(terms_ptr + local, _log_term(key, eps, 2), mask=row_ok)
+        if STORE_NBR:
+            tl.store(nbr_ptr + local, nbr.to(tl.int64), mask=row_ok)
+            tl.store(weight_ptr + local, _weight(key, eps, 2, tl.float32), mask=row_ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,6 +472,16 @@ def kl_search(z, k, row_begin, row_end, eps_bits, terms, nbr, weights, *, wrap=N
     """The self search of the kl_entropy op for the rows [row_begin, row_end) of z (N, d),
     contiguous: writes the per-row log terms, and (when nbr is not empty) the k-th neighbours and
     gradient weights, exactly as the exact search kernel does."""
+    _search(z, k, row_begin, row_end, eps_bits, terms, nbr, weights, knn=False, wrap=wrap)
+
+
+def knn_search(z, k, dist, idx, *, wrap=None) -> None:
+    """The knn op's search of z (N, d), contiguous: writes the (N, k) ascending distances and
+    indices, exactly as the exact knn kernel does."""
+    _search(z, k, 0, z.shape[0], 0, dist, idx, dist, knn=True, wrap=wrap)
+
+
+def _search(z, k, row_begin, row_end, eps_bits, terms, nbr, weights, *, knn, wrap) -> None:
     n, d = z.shape
     m = row_end - row_begin
     cfg = INTERPRETER_CONFIG if _interpreted() else GPU_CONFIG
@@ -465,11 +507,11 @@ def kl_search(z, k, row_begin, row_end, eps_bits, terms, nbr, weights, *, wrap=N
         WIDEN=_interpreted() and prep["y"].dtype == torch.bfloat16,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
     )  # fmt: skip
-    store_nbr = nbr.numel() > 0
+    store_nbr = nbr.numel() > 0 and not knn
     launch(_mixed_refine_kernel)[(triton.cdiv(m, cfg["REFINE_M"]),)](
-        z, cand, count, prep["consts"], terms, nbr if store_nbr else terms, weights if store_nbr else terms,
+        z, cand, count, prep["consts"], terms, nbr if store_nbr or knn else terms, weights if store_nbr else terms,
         block_stats, n, d, row_begin, row_end, z.stride(0), eps_bits,
-        K=k, KP=kp, C=cap, STORE_NBR=store_nbr, COUNT=COUNT_BLOCKS, BLOCK_M=cfg["REFINE_M"], BLOCK_N=cfg["REFINE_N"], num_warps=4,
+        K=k, KP=kp, C=cap, STORE_NBR=store_nbr, KNN=knn, COUNT=COUNT_BLOCKS, BLOCK_M=cfg["REFINE_M"], BLOCK_N=cfg["REFINE_N"], num_warps=4,
     )  # fmt: skip
 
 

@@ -56,8 +56,8 @@ def run(z, k, mode, monkeypatch, *, deterministic=True, row_begin=0, row_end=-1,
     return op(z.to(DEVICE), k, 2.0, EPS, compute_grad, deterministic, row_begin, row_end)
 
 
-def assert_same_bits(exact, mixed):
-    for name, a, b in zip(("H", "grad", "nbr"), exact, mixed):
+def assert_same_bits(exact, mixed, names=("H", "grad", "nbr")):
+    for name, a, b in zip(names, exact, mixed):
         assert a.dtype == b.dtype and a.shape == b.shape, name
         if a.is_floating_point():
             assert torch.equal(a.isnan(), b.isnan()), f"{name}: NaNs differ"
@@ -65,14 +65,25 @@ def assert_same_bits(exact, mixed):
         assert torch.equal(a, b), f"{name} differs"
 
 
+def knn(z, k, mode, monkeypatch):
+    monkeypatch.setenv("EAE_KERNELS_SEARCH", mode)
+    return triton_backend.knn_op()(z.to(DEVICE), k, 2.0)
+
+
 def assert_bit_identical(z, k, monkeypatch, **kw):
-    """mixed == exact, bit for bit; returns (row blocks refined, row blocks searched exactly)."""
+    """mixed == exact, bit for bit, for the kl_entropy op (H, gradient, k-th neighbours) and,
+    without keywords, the knn op (all k distances and indices); returns (row blocks refined, row
+    blocks searched exactly) of the kl_entropy call."""
     exact = run(z, k, "exact", monkeypatch, **kw)
     calls, refined, fell_back = triton_mixed.stats()
     mixed = run(z, k, "mixed", monkeypatch, **kw)
     calls2, refined2, fell_back2 = triton_mixed.stats()
     assert calls2 == calls + 1, "the mixed path did not run"
     assert_same_bits(exact, mixed)
+    if not kw:
+        exact_knn, mixed_knn = knn(z, k, "exact", monkeypatch), knn(z, k, "mixed", monkeypatch)
+        assert triton_mixed.stats()[0] == calls2 + 1, "the mixed knn path did not run"
+        assert_same_bits(exact_knn, mixed_knn, ("distances", "indices"))
     return refined2 - refined, fell_back2 - fell_back
 
 
@@ -104,8 +115,8 @@ def test_grid_is_bit_identical(n, d, monkeypatch):
 def test_candidates_do_the_work_on_plain_data(monkeypatch):
     """On Gaussian rows the candidate lists suffice: no row block falls back to the exact search
     (so the refinement, not the fallback, is what the grid above checks), with either dot input."""
-    blocks(monkeypatch, 300)
-    z = random_rows(300, 16, seed=3, dtype=torch.float32)
+    blocks(monkeypatch, 160)
+    z = random_rows(160, 16, seed=3, dtype=torch.float32)
     for dot_input in ("tf32", "bf16"):
         monkeypatch.setattr(triton_mixed, "DOT_INPUT", dot_input)
         for k in (1, 5):

@@ -34,9 +34,9 @@ cases = [
     (tm._mixed_candidates_kernel, dict(cand, y_ptr="*fp32"),
      dict(K=16, KP=16, C=256, DP=1024, BK=32, TF32=True, WIDEN=False, BLOCK_M=64, BLOCK_N=128), 8),
     (tm._mixed_refine_kernel, dict(refine, z_ptr="*fp32"),
-     dict(K=5, KP=8, C=128, STORE_NBR=True, COUNT=False, BLOCK_M=16, BLOCK_N=64), 4),
-    (tm._mixed_refine_kernel, dict(refine, z_ptr="*bf16"),
-     dict(K=1, KP=1, C=64, STORE_NBR=False, COUNT=True, BLOCK_M=16, BLOCK_N=64), 4),
+     dict(K=5, KP=8, C=128, STORE_NBR=True, KNN=False, COUNT=False, BLOCK_M=16, BLOCK_N=64), 4),
+    (tm._mixed_refine_kernel, dict(refine, z_ptr="*bf16", terms_ptr="*fp32"),
+     dict(K=1, KP=1, C=64, STORE_NBR=False, KNN=True, COUNT=True, BLOCK_M=16, BLOCK_N=64), 4),
 ]
 for arch in (80, 90):
     for kernel, dtypes, constexprs, warps in cases:
