@@ -53,7 +53,9 @@ The method (u = 2^-24, the float32 unit roundoff):
    in order, half inputs widened: the exact kernel's keys) and merged with the same (key, index)
    order, so the top-k is the exact one. A row block with a row whose list overflowed (near-
    duplicates, tight clusters, tiny d), and every block of a call with non-finite or too large
-   values, runs the exact search instead: correctness never depends on the data.
+   values, runs the exact search instead: correctness never depends on the data. (Not done, unlike
+   the CPU path: setting far outliers aside. One far row raises n_max and delta_max for every row,
+   which widens every band and can send every block to the exact search.)
 
 The per-row log term, gradient weight and the k-th neighbour are then formed with the exact
 kernels' own helpers (_log_term, _weight); H and the gradient come from the existing sum and
@@ -150,7 +152,7 @@ def prepare(z: torch.Tensor, dot_input: str = None) -> dict:
     norm32 (N,) |y|^2 in float32, norm and delta (N,) float64, consts (4,) float64:
     [U' = S^2 U, n_max, delta_max, bad], and t (N, d) the scaled centred rows (for tests)."""
     dot_input = dot_input or DOT_INPUT
-    n, d = z.shape
+    n, d = (int(size) for size in z.shape)
     dp = max(16, 1 << (d - 1).bit_length())
     x = z.to(torch.float64)
     raw_max = x.abs().amax()
@@ -482,7 +484,7 @@ def knn_search(z, k, dist, idx, *, wrap=None) -> None:
 
 
 def _search(z, k, row_begin, row_end, eps_bits, terms, nbr, weights, *, knn, wrap) -> None:
-    n, d = z.shape
+    n, d = (int(size) for size in z.shape)  # specialises symbolic sizes (torch.compile), as the glue does
     m = row_end - row_begin
     cfg = INTERPRETER_CONFIG if _interpreted() else GPU_CONFIG
     kp = 1 << max(0, (k - 1).bit_length())
@@ -510,7 +512,7 @@ def _search(z, k, row_begin, row_end, eps_bits, terms, nbr, weights, *, knn, wra
     store_nbr = nbr.numel() > 0 and not knn
     launch(_mixed_refine_kernel)[(triton.cdiv(m, cfg["REFINE_M"]),)](
         z, cand, count, prep["consts"], terms, nbr if store_nbr or knn else terms, weights if store_nbr else terms,
-        block_stats, n, d, row_begin, row_end, z.stride(0), eps_bits,
+        block_stats, n, d, row_begin, row_end, int(z.stride(0)), eps_bits,
         K=k, KP=kp, C=cap, STORE_NBR=store_nbr, KNN=knn, COUNT=COUNT_BLOCKS, BLOCK_M=cfg["REFINE_M"], BLOCK_N=cfg["REFINE_N"], num_warps=4,
     )  # fmt: skip
 
