@@ -337,3 +337,12 @@ def test_kernels_compile_for_sm80_and_sm90():
     assert done.stdout.count("compiled") == 10, done.stdout
     assert done.stdout.count(" mma ") == 6, done.stdout  # tl.dot on tensor cores, tf32/bf16 operands
     assert done.stdout.count(" fma") == 4, done.stdout
+
+
+@pytest.mark.subprocess
+def test_mixed_ops_trace_into_their_kernels():
+    """torch.compile's view of the GPU registration (triton_op) with the mixed search forced."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, str(SCRIPTS / "triton_mixed_trace.py")], env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0 and "traced" in done.stdout, done.stderr[-4000:]
