@@ -23,12 +23,14 @@ The method (u = 2^-24, the float32 unit roundoff):
    accumulation) and n_j = |y_j|^2 (float64, rounded to float32); exactly, s_ij^2 - n_i = n_j - 2 y_i.y_j.
    Error of w:
    * the products of two tf32 (11-bit) or bf16 (8-bit) significands are exact in fp32;
-   * the tensor cores add the d products in an unspecified order and, on NVIDIA hardware, in
-     blocks aligned to the largest exponent with truncation (Fasi et al., "Numerical behavior of
-     NVIDIA tensor cores", 2021): per added term at most 2 ulps (2^-22 relative) of the block's
-     largest magnitude. We charge every one of the d additions a relative error u_acc = 2^-21, in
-     any order: |g~ - g| <= gamma sum_c |y_ic y_jc| <= gamma |y_i||y_j| <= gamma (n_i + n_j) / 2,
-     gamma = (d+1) u_acc / (1 - (d+1) u_acc) (Higham, Thm 3.1 / Lemma 3.4, for any order);
+   * the tensor cores add the d products in an unspecified order, in blocks of b >= 1 products
+     plus the running sum, aligned to the block's largest exponent and truncated, the result
+     truncated to fp32 (the model of Fasi et al., "Numerical behavior of NVIDIA tensor cores",
+     2021): a block costs at most (b + 2) 2^-23 times the sum of its inputs' magnitudes, so the
+     whole sum at most d (1 + 2/b) 2^-23 <= 3 d 2^-23 times sum_c |y_ic y_jc|. We charge more:
+     u_acc = 2^-21 per addition, in any order (Higham, Accuracy and Stability of Numerical
+     Algorithms, sec. 4.2): |g~ - g| <= gamma sum_c |y_ic y_jc| <= gamma |y_i||y_j|
+     <= gamma (n_i + n_j) / 2, gamma = (d+1) u_acc / (1 - (d+1) u_acc), about 4 (d+1) 2^-23;
    * n_j's rounding to fp32 and the final fp32 combination n_j - 2 g~ (with or without a fused
      multiply-add) each cost at most 2^-22 (n_i + 2 n_j);
    * flushed or underflowing products and partial sums: at most 2^-126 absolute each, doubled
