@@ -219,6 +219,16 @@ def approximate_w(y: np.ndarray, norm32: np.ndarray, how: str) -> np.ndarray:
     y = y.astype(np.float32)
     if how == "blas":
         g = y @ y.T
+    elif how == "blocks of 8, aligned and truncated":
+        # The tensor-core model: the running sum and 8 exact products aligned to the largest
+        # exponent, each truncated to 24 bits there (no guard bits), summed, truncated to fp32.
+        g = np.zeros((y.shape[0], y.shape[0]), dtype=np.float64)
+        for c0 in range(0, y.shape[1], 8):
+            terms = [g] + [np.outer(y[:, c], y[:, c]).astype(np.float64) for c in range(c0, min(c0 + 8, y.shape[1]))]
+            _, e = np.frexp(np.max(np.abs(np.stack(terms)), axis=0))
+            ulp = np.ldexp(1.0, e - 24)
+            g = _chop(sum(np.trunc(t / ulp) * ulp for t in terms)).astype(np.float64)
+        g = g.astype(np.float32)
     else:
         order = np.arange(y.shape[1])
         if how == "reversed":
@@ -264,7 +274,8 @@ def bound_inputs():
 def test_bound_holds_pair_by_pair(name, z, dot_input):
     """For every pair: the true distance (float64) and the exact float32 key lie within the
     interval the bound derives from the approximate value w, for float32 products accumulated in
-    BLAS order, in order, reversed, shuffled and truncating; the kernel's per-row threshold
+    BLAS order, in order, reversed, shuffled, truncating, and in truncated exponent-aligned blocks
+    (the tensor-core model); the kernel's per-row threshold
     (step 4: the reach W_i, with n_max and delta_max) admits every pair whose key can be <= the
     k-th upper bound."""
     n, d = z.shape
@@ -280,7 +291,7 @@ def test_bound_holds_pair_by_pair(name, z, dot_input):
     keys = exact_keys32(z) * scale * scale
     off = ~np.eye(n, dtype=bool)
     c = triton_mixed.host_constants(d)
-    for how in ("blas", "in order", "reversed", "shuffled", "truncating"):
+    for how in ("blas", "in order", "reversed", "shuffled", "truncating", "blocks of 8, aligned and truncated"):
         w = approximate_w(y.numpy(), prep["norm32"].numpy(), how)
         lo, hi = (t.numpy() for t in triton_mixed.pair_interval(torch.from_numpy(w), prep, d))
         for what, value in (("true r^2", true_r2), ("exact key", keys)):
