@@ -7,6 +7,8 @@ have (tensor cores: unspecified order, truncation); and the kernels must compile
 
 Without a GPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1), where tl.dot is a
 float32 numpy product: the bound test covers the other accumulation behaviours in Python.
+Everything that runs kernels or compiles is in the slow tier (the interpreter is slow); the quick
+tier keeps the bound, the flags and the mode rule.
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ def test_grid_is_bit_identical(n, d, monkeypatch):
                 assert_bit_identical(z, k, monkeypatch, with_knn=dtype == torch.float32)
 
 
+@pytest.mark.slow
 def test_candidates_do_the_work_on_plain_data(monkeypatch):
     """On Gaussian rows the candidate lists suffice: no row block falls back to the exact search
     (so the refinement, not the fallback, is what the grid above checks), with either dot input."""
@@ -124,6 +127,7 @@ def test_candidates_do_the_work_on_plain_data(monkeypatch):
             assert refined > 0 and fell_back == 0, (dot_input, k)
 
 
+@pytest.mark.slow
 def test_non_deterministic_flag_row_ranges_and_forward_only(monkeypatch):
     """The mixed path always gathers the gradient, so deterministic=False gives the bits of the
     exact deterministic path; row ranges (the distributed mode) and compute_grad=False too."""
@@ -189,6 +193,7 @@ def test_adversarial_inputs_are_bit_identical(name, z, monkeypatch):
         assert_bit_identical(z, k, monkeypatch)
 
 
+@pytest.mark.slow
 def test_wide_bands_fall_back_per_block(monkeypatch):
     """Clusters much tighter than the dot's rounding cannot be pruned: their row blocks run the
     exact search (counted), the other blocks keep the candidate lists, and the result is still
@@ -336,6 +341,7 @@ def test_non_finite_or_huge_values_are_flagged():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_kernels_compile_for_sm80_and_sm90():
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
@@ -350,6 +356,7 @@ def test_kernels_compile_for_sm80_and_sm90():
     assert done.stdout.count(" fma") == 4, done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_mixed_ops_trace_into_their_kernels():
     """torch.compile's view of the GPU registration (triton_op) with the mixed search forced."""
