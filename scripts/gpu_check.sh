@@ -234,6 +234,12 @@ say("| method | N | d | fwd ms | fwd+bwd ms | H |")
 say("|---|---:|---:|---:|---:|---:|")
 for mode, det in (("exact", False), ("exact", True), ("mixed", False)):
     measure(SEARCH_BACKEND, n_target, d_target, 3, env={"EAE_KERNELS_SEARCH": mode}, deterministic=det)
+if not DRY:  # the same with bf16 dot operands (twice the tensor-core rate, a wider candidate band)
+    from eae_kernels import triton_mixed
+    triton_mixed.DOT_INPUT = "bf16"
+    measure(SEARCH_BACKEND, n_target, d_target, 3, env={"EAE_KERNELS_SEARCH": "mixed"})["method"] += " dot=bf16"
+    say("  (the row above: bf16 dot operands)")
+    triton_mixed.DOT_INPUT = "tf32"
 try:
     if not DRY:
         from eae_kernels import triton_mixed
