@@ -51,7 +51,7 @@ The method (u = 2^-24, the float32 unit roundoff):
    candidates; as q_i only falls, testing each tile after merging it into the list gives a
    superset of the exact top-k. All of this per-row arithmetic is float64 with a relative margin
    of 2^-20 per step (far above float64's 2^-53), W_i is rounded up to float32 for the compare.
-5. The candidates (at most CAPACITY per row) are re-measured exactly (z_i - z_j, fma, coordinates
+5. The candidates (at most capacity(k) per row, 64 to 256) are re-measured exactly (z_i - z_j, fma, coordinates
    in order, half inputs widened: the exact kernel's keys) and merged with the same (key, index)
    order, so the top-k is the exact one. A row block with a row whose list overflowed (near-
    duplicates, tight clusters, tiny d), and every block of a call with non-finite or too large
@@ -62,13 +62,14 @@ The method (u = 2^-24, the float32 unit roundoff):
 The per-row log term, gradient weight and the k-th neighbour are then formed with the exact
 kernels' own helpers (_log_term, _weight); H and the gradient come from the existing sum and
 gather kernels, so they are the bits of the exact path (deterministic gather: the mixed path
-never uses the atomic gradient). Nothing of size N x N is allocated: O(N (d + CAPACITY)) scratch.
+never uses the atomic gradient). Nothing of size N x N is allocated: O(N (d + capacity(k))) scratch.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import struct
 
 import torch
 import triton
@@ -482,7 +483,7 @@ def kl_search(z, k, row_begin, row_end, eps_bits, terms, nbr, weights, *, wrap=N
 def knn_search(z, k, dist, idx, *, wrap=None) -> None:
     """The knn op's search of z (N, d), contiguous: writes the (N, k) ascending distances and
     indices, exactly as the exact knn kernel does."""
-    _search(z, k, 0, z.shape[0], 0, dist, idx, dist, knn=True, wrap=wrap)
+    _search(z, k, 0, int(z.shape[0]), 0, dist, idx, dist, knn=True, wrap=wrap)
 
 
 def _search(z, k, row_begin, row_end, eps_bits, terms, nbr, weights, *, knn, wrap) -> None:
@@ -515,11 +516,11 @@ def _search(z, k, row_begin, row_end, eps_bits, terms, nbr, weights, *, knn, wra
     launch(_mixed_refine_kernel)[(triton.cdiv(m, cfg["REFINE_M"]),)](
         z, cand, count, prep["consts"], terms, nbr if store_nbr or knn else terms, weights if store_nbr else terms,
         block_stats, n, d, row_begin, row_end, int(z.stride(0)), eps_bits,
-        K=k, KP=kp, C=cap, STORE_NBR=store_nbr, KNN=knn, COUNT=COUNT_BLOCKS, BLOCK_M=cfg["REFINE_M"], BLOCK_N=cfg["REFINE_N"], num_warps=4,
+        K=k, KP=kp, C=cap, STORE_NBR=store_nbr, KNN=knn, COUNT=COUNT_BLOCKS,
+        BLOCK_M=cfg["REFINE_M"], BLOCK_N=cfg["REFINE_N"], num_warps=4,
     )  # fmt: skip
 
 
 def _f64_bits(x: float) -> int:
-    import struct
-
+    """A float64 as its int64 bit pattern (Triton would pass a Python float as float32)."""
     return struct.unpack("<q", struct.pack("<d", float(x)))[0]

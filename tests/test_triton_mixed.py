@@ -165,7 +165,8 @@ def adversarial_inputs():
     perm = torch.randperm(120, generator=torch.Generator().manual_seed(1))
     yield "all rows equal", torch.full((90, 16), 0.375)
     yield "pairs of duplicates", torch.cat([half, half])[perm]
-    yield "near-duplicates", torch.cat([half, half + 1e-6 * torch.randn(60, 12, generator=torch.Generator().manual_seed(2))])
+    jitter = 1e-6 * random_rows(60, 12, seed=2, dtype=torch.float32)
+    yield "near-duplicates", torch.cat([half, half + jitter])
     yield "z + 1e4", z + 1e4
     yield "z * 1e4 + 1e7", z * 1e4 + 1e7
     yield "near the float max", z * 1e18
