@@ -366,9 +366,12 @@ def _kl_entropy_impl(z, k, p, eps, compute_grad, deterministic, row_begin=0, row
     row_begin, row_end = _check_row_range(n, _concrete(row_begin), _concrete(row_end))
     m = row_end - row_begin
     launcher = _Launcher(k, wrap)
-    small = n <= SMALL_BATCH_MAX_ROWS and d <= SMALL_BATCH_MAX_DIM and m * n * d <= SMALL_BATCH_MAX_WORK
+    from . import triton_mixed  # the certified tensor-core search (EAE_KERNELS_SEARCH); same bits, gathered gradient
+
+    mixed = triton_mixed.wanted(z, k, p, m)
+    small = not mixed and n <= SMALL_BATCH_MAX_ROWS and d <= SMALL_BATCH_MAX_DIM and m * n * d <= SMALL_BATCH_MAX_WORK
     # Float atomics only where they are allowed and accurate: not deterministic, not half.
-    atomics = compute_grad and not small and not deterministic and z.dtype not in HALF_DTYPES
+    atomics = compute_grad and not small and not mixed and not deterministic and z.dtype not in HALF_DTYPES
 
     h = z.new_empty((), dtype=accumulation_dtype(z.dtype))
     nbr = z.new_empty((m if compute_grad else 0,), dtype=torch.int64)
@@ -402,7 +405,9 @@ def _kl_entropy_impl(z, k, p, eps, compute_grad, deterministic, row_begin=0, row
             )  # fmt: skip
             return h, grad, nbr
 
-        if m > 0:
+        if mixed:
+            triton_mixed.kl_search(z, k, row_begin, row_end, eps_bits, terms, nbr, weights, wrap=wrap)
+        elif m > 0:
             launcher.searching(
                 "search", lambda meta: (_cdiv(m, meta["BLOCK_M"]),),
                 (z, terms, nbr, weights, grad, *shape, eps_bits, scale_bits, n.bit_length()),
@@ -430,7 +435,12 @@ def _knn_impl(z, k, p, *, wrap=None):
     launcher = _Launcher(k, wrap)
     dist = z.new_empty((n, k), dtype=accumulation_dtype(z.dtype))
     idx = z.new_empty((n, k), dtype=torch.int64)
+    from . import triton_mixed  # the certified tensor-core search (EAE_KERNELS_SEARCH): same bits
+
     with _device_guard(z):
+        if triton_mixed.wanted(z, k, p, n):
+            triton_mixed.knn_search(z, k, dist, idx, wrap=wrap)
+            return dist, idx
         launcher.searching(
             "knn", lambda meta: (_cdiv(n, meta["BLOCK_M"]),),
             (z, dist, idx, n, d, _concrete(z.stride(0)), _concrete(z.stride(1)), n.bit_length()),

@@ -11,6 +11,7 @@
 #      d=64, N in {100, 1024, 16384, 65536}; the design targets (N=65536 with d=128 as a fraction
 #      of fp32 peak); the CUDA tile/path variants; a CUDA-graph replay at N=100; and the scale
 #      run N=1,000,000, d=64 with its peak memory                                         ~2 min
+#      and the Triton search paths (EAE_KERNELS_SEARCH=exact|mixed) at N=65536, d=128, bit-identity
 #   3b. scripts/gpu_triton_check.py: Triton kernel count, CUDA graph, small/tiled crossover (<= 90 s)
 #   3c. scripts/gpu_triton_sets_check.py: the Triton ops on batches of sets (batched entropy, ragged
 #      divergence and cross-entropy, koleo_loss, cross-set knn) against the CPU op, and timed
@@ -354,6 +355,40 @@ for backend in OURS:
         r["fp32_tflops"] = rate / 1e12
         frac = f" = {100 * rate / peak:.0f}% of the {peak / 1e12:.1f} TFLOP/s fp32 peak" if peak else ""
         say(f"  {backend}: forward {rate / 1e12:.2f} TFLOP/s{frac}")
+
+say()
+SEARCH_BACKEND = "cpu" if DRY else "triton"  # dry: the CPU reads the same EAE_KERNELS_SEARCH
+say(f"Search paths of the {SEARCH_BACKEND} backend (EAE_KERNELS_SEARCH), N={n_target}, d={d_target}, k=1: the")
+say("certified low-precision search + exact refinement against the exact search (target: mixed")
+say("fwd+bwd <= 5 ms on an H100/H200). The mixed path always gathers the gradient (deterministic).")
+say("| method | N | d | fwd ms | fwd+bwd ms | H |")
+say("|---|---:|---:|---:|---:|---:|")
+for mode, det in (("exact", False), ("exact", True), ("mixed", False)):
+    measure(SEARCH_BACKEND, n_target, d_target, 3, env={"EAE_KERNELS_SEARCH": mode}, deterministic=det)
+if not DRY:  # the same with bf16 dot operands (twice the tensor-core rate, a wider candidate band)
+    from eae_kernels import triton_mixed
+    triton_mixed.DOT_INPUT = "bf16"
+    measure(SEARCH_BACKEND, n_target, d_target, 3, env={"EAE_KERNELS_SEARCH": "mixed"})["method"] += " dot=bf16"
+    say("  (the row above: bf16 dot operands)")
+    triton_mixed.DOT_INPUT = "tf32"
+try:
+    if not DRY:
+        from eae_kernels import triton_mixed
+        triton_mixed.COUNT_BLOCKS = True
+    z = torch.randn(n_target, d_target, device=dev, generator=torch.Generator(device=dev).manual_seed(7))
+    got = {}
+    for mode in ("exact", "mixed"):
+        with Env({"EAE_KERNELS_SEARCH": mode}):
+            zz = z.clone().requires_grad_()
+            h = eae_kernels.kl_entropy(zz, 1, backend=SEARCH_BACKEND, deterministic=True)
+            h.backward()
+            got[mode] = (h.detach(), zz.grad)
+    same = all(torch.equal(a, b) for a, b in zip(got["exact"], got["mixed"]))
+    blocks = "" if DRY else " (calls, row blocks refined, row blocks searched exactly: %s)" % (triton_mixed.stats(),)
+    say(f"  mixed == exact bit for bit (H, gradient): {same}{blocks}")
+    results.append({"method": "search paths bit-identical", "N": n_target, "d": d_target, "same": same})
+except Exception:
+    say("  failed: " + traceback.format_exc().strip().splitlines()[-1])
 
 if not DRY:
     say()
