@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from python.conv_wgrad import use_matmul_weight_grad
 from python.registry import build_model
 from python.runs import DATASET_DEFAULTS, cpu_bf16_feature
 from python.train import train_step
@@ -52,14 +53,22 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def variants(precisions: list[str], contiguous: bool, compile_: bool) -> list[dict]:
-    """The training set-ups timed side by side for one network."""
-    out = [{"precision": p, "channels_last": True, "compile": False} for p in precisions]
+def variants(precisions: list[str], contiguous: bool, compile_: bool, matmul_wgrad: bool) -> list[dict]:
+    """The training set-ups timed side by side for one network (the first is the reference)."""
+    default = {"channels_last": True, "compile": False, "matmul_wgrad": False}
+    out = [{"precision": p, **default} for p in precisions]
+    if matmul_wgrad:
+        out += [{"precision": p, **default, "matmul_wgrad": True} for p in precisions]
     if contiguous:
-        out += [{"precision": p, "channels_last": False, "compile": False} for p in precisions]
+        out += [{"precision": p, **default, "channels_last": False} for p in precisions]
     if compile_:
-        out += [{"precision": p, "channels_last": True, "compile": True} for p in precisions]
+        out += [{"precision": p, **default, "compile": True} for p in precisions]
     return out
+
+
+def describe(setup: dict) -> str:
+    return " ".join([setup["precision"], "channels_last" if setup["channels_last"] else "contiguous"]
+                    + ["matmul-wgrad"] * setup["matmul_wgrad"] + ["compiled"] * setup["compile"])
 
 
 def time_network(dataset: str, width: float, setups: list[dict], steps: int, batch_size: int,
@@ -73,6 +82,8 @@ def time_network(dataset: str, width: float, setups: list[dict], steps: int, bat
         model = copy.deepcopy(base)
         if setup["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
+        if setup["matmul_wgrad"]:
+            use_matmul_weight_grad(model)
         forward = torch.compile(model) if setup["compile"] else model
         optimizer = torch.optim.Adam(model.parameters(), lr=DATASET_DEFAULTS[dataset]["lr"])
         started = time.perf_counter()
@@ -105,12 +116,11 @@ def markdown(results: dict) -> str:
              f"{results['torch']}; load average {results['load_before']} before, {results['load_after']} after "
              "(the machine is shared: compare the ratios within a network, measured under the same load).",
              "",
-             "| network | width | precision | layout | compiled | images/s | vs fp32 |",
-             "| --- | ---: | --- | --- | --- | ---: | ---: |"]
+             "| network | width | set-up | images/s | vs the first (fp32) |",
+             "| --- | ---: | --- | ---: | ---: |"]
     for r in results["rows"]:
-        lines.append(f"| {r['dataset']} | {r['width']:g} | {r['precision']} | "
-                     f"{'channels_last' if r['channels_last'] else 'contiguous'} | {'yes' if r['compile'] else 'no'} | "
-                     f"{r['images_per_s']:.1f} | {r['speedup_vs_fp32']:.2f}x |")
+        lines.append(f"| {r['dataset']} | {r['width']:g} | {describe(r)} | {r['images_per_s']:.1f} | "
+                     f"{r['speedup_vs_fp32']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -127,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--contiguous", action="store_true", help="also time the contiguous layout")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (compiles for minutes)")
+    parser.add_argument("--matmul-wgrad", dest="matmul_wgrad", action="store_true",
+                        help="also time the weight gradient as one matrix product (python/conv_wgrad.py)")
     parser.add_argument("--out", default=str(RESULTS), help="output folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     datasets = [d for d in args.datasets.split(",") if d]
@@ -144,12 +156,11 @@ def main(argv: list[str] | None = None) -> int:
                "load_before": load_average(), "rows": []}
     for dataset in datasets:
         for width in (float(w) for w in args.widths.split(",")):
-            rows = time_network(dataset, width, variants(precisions, args.contiguous, args.compile), args.steps,
+            rows = time_network(dataset, width, variants(precisions, args.contiguous, args.compile, args.matmul_wgrad), args.steps,
                                 args.batch_size)
             for r in rows:
-                print(f"{dataset} width {width:g} {r['precision']} "
-                      f"{'channels_last' if r['channels_last'] else 'contiguous'}{' compiled' if r['compile'] else ''}: "
-                      f"{r['images_per_s']:.1f} images/s ({r['speedup_vs_fp32']:.2f}x fp32)", flush=True)
+                print(f"{dataset} width {width:g} {describe(r)}: {r['images_per_s']:.1f} images/s "
+                      f"({r['speedup_vs_fp32']:.2f}x the first)", flush=True)
             results["rows"] += rows
     results["load_after"] = load_average()
     out = Path(args.out)
