@@ -29,7 +29,7 @@ import torch
 
 from python.conv_wgrad import use_matmul_weight_grad
 from python.registry import build_model
-from python.runs import DATASET_DEFAULTS, cpu_bf16_feature
+from python.runs import DATASET_DEFAULTS, check_precision, cpu_bf16_feature, resolve_device
 from python.train import train_step
 
 RESULTS = Path(__file__).with_name("results")
@@ -71,12 +71,17 @@ def describe(setup: dict) -> str:
                     + ["matmul-wgrad"] * setup["matmul_wgrad"] + ["compiled"] * setup["compile"])
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def time_network(dataset: str, width: float, setups: list[dict], steps: int, batch_size: int,
-                 seed: int = 0) -> list[dict]:
+                 device: torch.device = torch.device("cpu"), seed: int = 0) -> list[dict]:
     """Seconds per training step of each set-up in ``setups``, their steps interleaved."""
     torch.manual_seed(seed)
-    base = build_model(dataset, beta=0.05, width=width)
-    x = torch.rand(batch_size, *IMAGE_SHAPES[dataset], generator=torch.Generator().manual_seed(seed))
+    base = build_model(dataset, beta=0.05, width=width).to(device)
+    x = torch.rand(batch_size, *IMAGE_SHAPES[dataset], generator=torch.Generator().manual_seed(seed)).to(device)
     trainers = []
     for setup in setups:
         model = copy.deepcopy(base)
@@ -88,12 +93,13 @@ def time_network(dataset: str, width: float, setups: list[dict], steps: int, bat
         optimizer = torch.optim.Adam(model.parameters(), lr=DATASET_DEFAULTS[dataset]["lr"])
         started = time.perf_counter()
         train_step(forward, optimizer, x, setup["precision"], setup["channels_last"])  # warm-up
+        _sync(device)
         trainers.append((forward, optimizer, time.perf_counter() - started, []))
     for _ in range(steps):
         for setup, (forward, optimizer, _, times) in zip(setups, trainers):
             started = time.perf_counter()
-            out = train_step(forward, optimizer, x, setup["precision"], setup["channels_last"])
-            out.loss.item()
+            train_step(forward, optimizer, x, setup["precision"], setup["channels_last"])
+            _sync(device)
             times.append(time.perf_counter() - started)
     rows = []
     for setup, (_, _, first, times) in zip(setups, trainers):
@@ -112,7 +118,8 @@ def markdown(results: dict) -> str:
              f"Adam) of the EAE, batch {results['batch_size']}, {results['threads']} threads, median of "
              f"{results['steps']} steps after a warm-up; the set-ups of one network alternate step by step.",
              "",
-             f"CPU: {results['cpu']} ({results['bf16_feature'] or 'no bf16 instructions'}), torch "
+             (f"GPU: {results['gpu']}; " if results.get("gpu") else "")
+             + f"CPU: {results['cpu']} ({results['bf16_feature'] or 'no bf16 instructions'}), torch "
              f"{results['torch']}; load average {results['load_before']} before, {results['load_after']} after "
              "(the machine is shared: compare the ratios within a network, measured under the same load).",
              "",
@@ -139,25 +146,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (compiles for minutes)")
     parser.add_argument("--matmul-wgrad", dest="matmul_wgrad", action="store_true",
                         help="also time the weight gradient as one matrix product (python/conv_wgrad.py)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--out", default=str(RESULTS), help="output folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     datasets = [d for d in args.datasets.split(",") if d]
     unknown = [d for d in datasets if d not in IMAGE_SHAPES]
     if unknown or args.steps < 1:
         parser.error(f"--datasets must name networks among {', '.join(IMAGE_SHAPES)} and --steps be >= 1")
+    device = resolve_device(args.device)
     feature = cpu_bf16_feature()
-    precisions = (args.precisions.split(",") if args.precisions else ["fp32", "bf16"] if feature else ["fp32"])
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    bf16 = torch.cuda.is_bf16_supported() if gpu else feature is not None
+    precisions = (args.precisions.split(",") if args.precisions else ["fp32", "bf16"] if bf16 else ["fp32"])
+    for precision in precisions:
+        check_precision(precision, device)
     if precisions[0] != "fp32":
         parser.error("--precisions must start with fp32 (the reference of the ratios)")
     torch.set_num_threads(args.threads)
     command = " ".join(["python -m benchmarks.train_speed", *(sys.argv[1:] if argv is None else argv)])
-    results = {"command": command, "cpu": cpu_name(), "bf16_feature": feature, "torch": torch.__version__,
+    results = {"command": command, "device": str(device), "gpu": gpu, "cpu": cpu_name(), "bf16_feature": feature, "torch": torch.__version__,
                "threads": args.threads, "batch_size": args.batch_size, "steps": args.steps,
                "load_before": load_average(), "rows": []}
     for dataset in datasets:
         for width in (float(w) for w in args.widths.split(",")):
-            rows = time_network(dataset, width, variants(precisions, args.contiguous, args.compile, args.matmul_wgrad), args.steps,
-                                args.batch_size)
+            rows = time_network(dataset, width, variants(precisions, args.contiguous, args.compile, args.matmul_wgrad),
+                                args.steps, args.batch_size, device)
             for r in rows:
                 print(f"{dataset} width {width:g} {describe(r)}: {r['images_per_s']:.1f} images/s "
                       f"({r['speedup_vs_fp32']:.2f}x the first)", flush=True)

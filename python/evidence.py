@@ -155,7 +155,7 @@ def _cell(values: list[float | None], fmt: str) -> str:
     if not values:
         return "-"
     mean, sd, n = mean_sd(values)
-    text = fmt.format(mean) if sd is None else f"{fmt.format(mean)} ± {fmt.format(sd)}"
+    text = fmt.format(mean) if sd is None else f"{fmt.format(mean)} ± {fmt.replace('+', '').format(sd)}"
     return text if n > 1 else f"{text} (1 seed)"
 
 

@@ -282,7 +282,7 @@ class Autoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> ModelOutput:
         z, latent_penalty = self.latent(x)
         recon_x = self.decode(z)
-        recon_loss = (recon_x.float() - x).pow(2).flatten(1).sum(1).mean()  # float32 under autocast too
+        recon_loss = (recon_x - x).pow(2).flatten(1).sum(1).mean()  # bf16 recon_x - float32 x: float32
         entropy = self.entropy(z)
         loss = self.data_term(recon_loss) + latent_penalty + self.penalty(z, recon_x)
         if self.beta != 0.0:
