@@ -40,6 +40,7 @@ from torch import nn
 
 from . import parallel
 from .checkpoint import CHECKPOINT_NAME, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .conv_wgrad import use_matmul_weight_grad
 from .data import DATASETS, iterate_batches, load_dataset
 from .parallel import Parallel
 from .registry import MODELS, build_model
@@ -221,6 +222,10 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
     # the paper's transposed convolutions (benchmarks/train_speed.py)
     module = build_model(config.dataset, config.latent_dim, config.beta, config.k, config.model, config.width)
     module = module.to(device, memory_format=torch.channels_last)
+    if config.precision == "bf16" and device.type == "cpu" and not config.compile:
+        # oneDNN's bf16 weight-gradient kernels are the slowest part of a step on CPU: one matrix
+        # product instead (python/conv_wgrad.py; the same parameters and sums)
+        use_matmul_weight_grad(module)
     module.distributed_entropy = par.active and config.global_entropy
     model = module
     if par.active:
