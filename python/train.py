@@ -24,8 +24,8 @@ python.evaluate. A progress bar shows on a terminal only; one summary line per e
 from __future__ import annotations
 
 import argparse
-import functools
 import csv
+import functools
 import math
 import random
 import signal
@@ -48,9 +48,9 @@ from .runs import (
     CONFIG_NAME,
     PRECISIONS,
     TrainConfig,
-    command,
     autocast,
     check_precision,
+    command,
     default_run_dir,
     load_run,
     read_config,
