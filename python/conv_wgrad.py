@@ -1,9 +1,9 @@
 """Convolutions whose weight gradient is one matrix product (a CPU training speed-up).
 
 On the CPU, oneDNN's kernels for the weight gradient of the paper's strided 4x4 convolutions are
-the slowest part of a training step, in bf16 (AMX) even slower than in float32: profiled on the
-MNIST network (batch 100, 2 threads, Xeon with AMX) they take about 60% of a bf16 step, while a
-matrix product of the same size runs 5-10x faster. :func:`use_matmul_weight_grad` makes the
+the slowest part of a training step, in bf16 (AMX) no faster than in float32: profiled on the
+MNIST network (batch 100, 2 threads, Xeon with AMX) they took about half of a bf16 step, while a
+bf16 matrix product of the same size ran 7-10x faster. :func:`use_matmul_weight_grad` makes the
 stride-2 ``Conv2d`` and ``ConvTranspose2d`` layers of a model compute it so:
 
     dW[o, i, kh, kw] = sum over (n, h, w) of g[n, o, h, w] * s[n, i, stride h + kh, stride w + kw]

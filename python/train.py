@@ -12,7 +12,9 @@
 Loss per batch: mean ||D(z) - x||^2 - beta * kl_entropy(z), z = BatchNorm1d(E(x)) (see
 python/models.py); ``--model`` trains one of the models of the paper's comparison instead (AE,
 RAE variants, VAE, CV-VAE, WAE-MMD, 2SVAE: python/baselines.py, and python -m python.compare).
-Adam, ReduceLROnPlateau(factor 0.5, patience 5) on the epoch's training loss.
+Adam, ReduceLROnPlateau(factor 0.5, patience 5) on the epoch's training loss. Speed:
+``--width`` (channels x W), ``--precision bf16`` (autocast; on a CPU also the matrix-product
+weight gradient of python/conv_wgrad.py), ``--compile``, ``--threads``.
 
 Each run directory (runs/<name>) gets config.json, checkpoint.pt (rewritten atomically after
 every epoch and on Ctrl-C; the one before it kept as checkpoint.prev.pt, which --resume falls
