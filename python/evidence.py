@@ -116,7 +116,8 @@ def job_config(job: Job, out: Path, dataset: str, **options) -> tuple[TrainConfi
 
 def metrics_of(config: TrainConfig, data, n_samples: int, classifier: Path | None) -> dict:
     """The run's metrics.json when it belongs to the finished run and ``n_samples``; else
-    evaluate it (with the experiment's classifier) and write it."""
+    evaluate it with the experiment's classifier (trained at the first evaluation, then reused:
+    one feature space for every run) and write it."""
     path = Path(config.run_dir) / METRICS_NAME
     if path.is_file():
         metrics = json.loads(path.read_text())
@@ -124,6 +125,7 @@ def metrics_of(config: TrainConfig, data, n_samples: int, classifier: Path | Non
         if metrics.get("epoch") == config.epochs and fd.get("n_samples", n_samples) == n_samples:
             return metrics
     if classifier is not None:
+        cached_classifier(classifier, data.train, data.test, resolve_device(config.device))
         shutil.copy(classifier, Path(config.run_dir) / CLASSIFIER_NAME)
     return evaluate_run(load_run(config.run_dir, config.device), data, n_samples, seed=config.seed)
 
@@ -253,11 +255,12 @@ def figure(out: Path, sample_rows: list[tuple[str, torch.Tensor]], rows: list[di
                 sds.append(sd or 0.0)
         if sizes:
             right.errorbar(sizes, means, yerr=sds, marker=marker, capsize=3, label=f"beta {beta:g}")
+    if right.lines:
+        right.legend()
     right.set_xscale("log", base=2)
     right.set_xlabel("latent size")
     right.set_ylabel("latent KL to N(0, I) (nats)")
     right.set_title("narrow bottleneck: mean ± sd over seeds")
-    right.legend()
     fig.suptitle(title)
     fig.tight_layout()
     path = out / FIGURE_NAME
@@ -302,27 +305,24 @@ def evidence(dataset: str, out: Path, data_dir: str | None = None, models: list[
     configs = [(job, *job_config(job, out, dataset, data_dir=data_dir, **options)) for job in jobs]  # all checked
     data = load_dataset(dataset, data_dir)
     first = configs[0][1]
-    classifier = None
-    if data.train.labels is not None and data.test.labels is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        classifier = out / CLASSIFIER_NAME
-        cached_classifier(classifier, data.train, data.test, resolve_device(first.device))  # one feature space
+    labelled = data.train.labels is not None and data.test.labels is not None
+    classifier = out / CLASSIFIER_NAME if labelled else None
     settings = (f"{dataset}, {len(data.train)} training / {len(data.test)} held-out images, width {first.width:g}, "
                 f"{first.epochs} epochs, batch {first.batch_size}, Adam lr {first.lr:g}, precision {first.precision}, "
                 f"{n_samples} samples per prior")
-    rows, seconds, started = [], {}, time.time()
-    result = {}
+    rows, started = [], time.time()
     for i, (job, config, resume) in enumerate(configs):
         done = resume and _finished(load_run(config.run_dir, config.device))
         if not done:
             if not train:
                 continue
             print(f"[{i + 1}/{len(configs)}] training {config.run_dir}", flush=True)
-            seconds[config.run_dir] = _train_timed(config, resume, progress)
+            _train_timed(config, resume, progress)
             if not _finished(load_run(config.run_dir, config.device)):  # train() returns after saving on Ctrl-C
                 raise KeyboardInterrupt
         rows.append(row_of(job, metrics_of(config, data, n_samples, classifier)))
-        result = write_report(out, rows, models, list(latent_sizes), latent_dim, settings, command_line)
+        write_report(out, rows, models, list(latent_sizes), latent_dim, settings, command_line)  # after every run
+    result = write_report(out, rows, models, list(latent_sizes), latent_dim, settings, command_line)
     print(f"{len(rows)} of {len(configs)} runs finished ({time.time() - started:.0f} s this invocation)")
     sample_rows = []
     for label in models:  # the figure: samples of each comparison model, seed 0 (or the first seed)
