@@ -226,7 +226,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
     module = module.to(device, memory_format=torch.channels_last)
     if config.precision == "bf16" and device.type == "cpu" and not config.compile:
         # oneDNN's bf16 weight-gradient kernels are the slowest part of a step on CPU: one matrix
-        # product instead (python/conv_wgrad.py; the same parameters and sums)
+        # product instead for the large layers (python/conv_wgrad.py; the same parameters and sums)
         use_matmul_weight_grad(module)
     module.distributed_entropy = par.active and config.global_entropy
     model = module

@@ -79,7 +79,7 @@ def test_evidence_end_to_end_and_resumable(tmp_path, capsys):
 def test_matmul_weight_grad_matches_the_layer(layer, shape, channels_last):
     torch.manual_seed(0)
     ours, reference = copy.deepcopy(layer).double(), copy.deepcopy(layer).double()
-    assert use_matmul_weight_grad(ours) == 1
+    assert use_matmul_weight_grad(ours, min_channel_product=1) == 1
     x = torch.randn(shape, dtype=torch.float64)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -98,4 +98,9 @@ def test_matmul_weight_grad_matches_the_layer(layer, shape, channels_last):
 
 def test_matmul_weight_grad_leaves_other_layers_alone():
     model = nn.Sequential(nn.Conv2d(1, 2, 3, 1, 1), nn.Conv2d(2, 2, 4, 2, 1, groups=2), nn.Conv2d(2, 2, 4, 2, 1))
-    assert use_matmul_weight_grad(model) == 1  # stride 1 and grouped convolutions keep their own
+    assert use_matmul_weight_grad(model, min_channel_product=1) == 1  # stride 1 and grouped ones keep their own
+    assert use_matmul_weight_grad(nn.Conv2d(256, 511, 4, 2, 1)) == 0  # small layers: oneDNN's is faster
+    assert use_matmul_weight_grad(nn.ConvTranspose2d(1024, 512, 4, 2, 1)) == 1
+    from python.registry import build_model
+
+    assert use_matmul_weight_grad(build_model("mnist")) == 4 and use_matmul_weight_grad(build_model("mnist", width=0.25)) == 0
