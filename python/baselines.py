@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from .data import iterate_batches
-from .models import Architecture, Autoencoder
+from .models import Architecture, Autoencoder, LatentLinear
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -177,7 +177,7 @@ class VAE(Autoencoder):
     def __init__(self, arch: Architecture, latent_dim: int | None = None, *, k: int = 1, beta: float = 0.0) -> None:
         super().__init__(arch, latent_dim, k=k, beta=beta)
         if self.CONSTANT_SIGMA is None:
-            self.log_sigma_head = nn.Linear(self.encoder.to_latent.in_features, self.latent_dim)
+            self.log_sigma_head = LatentLinear(self.encoder.to_latent.in_features, self.latent_dim)
 
     def log_sigma(self, features: torch.Tensor) -> torch.Tensor:
         if self.CONSTANT_SIGMA is not None:

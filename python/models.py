@@ -28,7 +28,7 @@ python/registry.py maps the ``--model`` names to the classes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -58,6 +58,21 @@ class Architecture:
     kernel_size: int
     latent_dim: int
 
+    def scaled(self, width: float) -> "Architecture":
+        """The same architecture with every convolution's channel count multiplied by ``width``
+        (rounded, at least 1): 0.25 turns the paper's 128-256-512-1024 into 32-64-128-256."""
+        if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width < float("inf"):
+            raise ValueError(f"width must be a positive number (1.0 = the paper's channel counts); got {width!r}")
+        if width == 1:
+            return self
+
+        def scale(channels: int) -> int:
+            return max(1, round(channels * width))
+
+        return replace(self, encoder_channels=tuple(map(scale, self.encoder_channels)),
+                       decoder_channels=tuple(map(scale, self.decoder_channels)),
+                       decoder_base_channels=scale(self.decoder_base_channels))
+
 
 ARCHITECTURES: dict[str, Architecture] = {
     "digits": Architecture((1, 16, 16), (32, 64, 128), (64, 32), 4, 128, 4, 8),
@@ -71,6 +86,16 @@ def _padding(kernel_size: int) -> tuple[int, int]:
     """(padding, output_padding) that make a stride-2 conv halve and a stride-2 transposed conv
     double the spatial size ("same" padding of the reference code)."""
     return (kernel_size - 1) // 2, kernel_size % 2
+
+
+class LatentLinear(nn.Linear):
+    """A Linear layer that always computes in float32, also under bf16/fp16 autocast: the codes
+    (the entropy estimate, the batch-norm latent, the VAE's posterior) stay float32 while the
+    convolutions run in the lower precision. Same parameters as ``nn.Linear``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
 
 
 class Encoder(nn.Module):
@@ -89,7 +114,7 @@ class Encoder(nn.Module):
             ]
             channels, height, width = out_channels, (height + 1) // 2, (width + 1) // 2
         self.features = nn.Sequential(*layers)
-        self.to_latent = nn.Linear(channels * height * width, latent_dim)
+        self.to_latent = LatentLinear(channels * height * width, latent_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_latent(self.features(x).flatten(1))
@@ -245,7 +270,10 @@ class Autoencoder(nn.Module):
         return torch.randn(n, self.latent_dim, generator=generator)
 
     def entropy(self, z: torch.Tensor) -> torch.Tensor:
-        """H(z) of the batch codes; differentiable only when it is part of the loss."""
+        """H(z) of the batch codes; differentiable only when it is part of the loss. Estimated in
+        float32 at least (the codes of a bf16-autocast forward are float32 already)."""
+        if z.dtype in (torch.float16, torch.bfloat16):
+            z = z.float()
         if self.beta != 0.0:
             return kl_entropy(z, self.k, distributed=self.distributed_entropy)
         with torch.no_grad():
@@ -254,7 +282,7 @@ class Autoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> ModelOutput:
         z, latent_penalty = self.latent(x)
         recon_x = self.decode(z)
-        recon_loss = (recon_x - x).pow(2).flatten(1).sum(1).mean()
+        recon_loss = (recon_x - x).pow(2).flatten(1).sum(1).mean()  # bf16 recon_x - float32 x: float32
         entropy = self.entropy(z)
         loss = self.data_term(recon_loss) + latent_penalty + self.penalty(z, recon_x)
         if self.beta != 0.0:

@@ -49,7 +49,7 @@ def check_beta(model: str, beta: float) -> None:
 
 
 def build_model(dataset: str, latent_dim: int | None = None, beta: float = 0.0, k: int = 1,
-                model: str = "eae") -> Autoencoder:
+                model: str = "eae", width: float = 1.0) -> Autoencoder:
     """The model ``model`` (a key of ``MODELS``) on the paper's architecture for ``dataset``.
 
     Args:
@@ -59,6 +59,8 @@ def build_model(dataset: str, latent_dim: int | None = None, beta: float = 0.0, 
         beta: weight of the entropy term (the EAE's; 0 for every other model).
         k: neighbour order of the entropy estimator.
         model: "eae" (default) or a model of the comparison ("ae", "vae", "rae", "wae-mmd", ...).
+        width: multiplies every convolution's channel count (``Architecture.scaled``; 1.0 = the
+            paper's).
 
     Returns:
         The model in training mode, on the CPU.
@@ -67,4 +69,4 @@ def build_model(dataset: str, latent_dim: int | None = None, beta: float = 0.0, 
         raise ValueError(f"dataset must be one of {', '.join(ARCHITECTURES)}; got {dataset!r}")
     cls = model_class(model)
     check_beta(model, beta)
-    return cls(ARCHITECTURES[dataset], latent_dim, k=k, beta=beta)
+    return cls(ARCHITECTURES[dataset].scaled(width), latent_dim, k=k, beta=beta)

@@ -24,6 +24,7 @@ from .models import ARCHITECTURES, Autoencoder
 from .registry import MODELS, build_model, check_beta
 
 CONFIG_NAME = "config.json"
+PRECISIONS = ("fp32", "bf16")
 DEFAULT_RUNS_DIR = "runs"
 
 # Per-data-set defaults (the paper / RAE reference code; digits: the small embedded default).
@@ -59,6 +60,14 @@ class TrainConfig:
         threads: CPU threads of torch (``torch.set_num_threads``); None keeps torch's default.
         global_entropy: under torchrun, estimate the entropy over the global batch (every
             process's codes, ``kl_entropy(z, distributed=True)``) rather than each process's own.
+        width: multiplies every convolution's channel count of the architecture (1.0 = the
+            paper's; 0.25 gives 32-64-128-256 for MNIST). Runs written before this field
+            existed load as 1.0.
+        precision: "fp32", or "bf16": the convolutions under bfloat16 autocast (the codes, the
+            entropy and the losses stay float32); needs a CPU with AVX512_BF16 or AMX, or a
+            CUDA GPU with bf16.
+        compile: train through ``torch.compile`` (the same model and numbers up to rounding; it
+            pays off only over many steps).
     """
 
     dataset: str = "digits"
@@ -76,6 +85,9 @@ class TrainConfig:
     evaluate: bool = True
     threads: int | None = DATASET_DEFAULTS["digits"]["threads"]
     global_entropy: bool = True
+    width: float = 1.0
+    precision: str = "fp32"
+    compile: bool = False
 
     @classmethod
     def for_dataset(cls, dataset: str, **overrides) -> "TrainConfig":
@@ -110,7 +122,12 @@ class TrainConfig:
         _check_int("seed", self.seed, minimum=0)
         if self.threads is not None:
             _check_int("threads", self.threads, minimum=1)
-        for name in ("evaluate", "global_entropy"):
+        if isinstance(self.width, bool) or not isinstance(self.width, (int, float)):
+            raise TypeError(f"width must be a number; got {self.width!r}")
+        ARCHITECTURES[self.dataset].scaled(self.width)  # ValueError unless 0 < width < inf
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        for name in ("evaluate", "global_entropy", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False; got {getattr(self, name)!r}")
         if self.k >= self.batch_size:
@@ -179,12 +196,56 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_bf16_feature() -> str | None:
+    """The CPU feature that makes bf16 training fast here ("AMX" or "AVX512_BF16"), or None.
+
+    Without one of them oneDNN emulates bf16 convolutions, which is slower than float32."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:  # not Linux: ask torch (private helpers, present in torch 2.x)
+        check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        if check is not None and check():
+            return "AMX"
+        check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        return "AVX512_BF16" if check is not None and check() else None
+    if "amx_bf16" in flags:
+        return "AMX"
+    return "AVX512_BF16" if "avx512_bf16" in flags else None
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse ``precision`` where the device cannot run it fast (ValueError saying why)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision != "bf16":
+        return
+    if device.type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support; "
+                             "use --precision fp32")
+    elif cpu_bf16_feature() is None:
+        raise ValueError("--precision bf16 needs a CPU with AVX512_BF16 or AMX (this one has neither in "
+                         "/proc/cpuinfo, so bf16 would be emulated and slower than fp32); use --precision fp32")
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context of ``precision`` on ``device`` (a no-op for fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def default_run_dir(config: TrainConfig, name: str | None = None) -> Path:
     """runs/<name>, by default runs/<dataset>-beta<beta>-seed<seed>-<date-time> for the EAE and
-    runs/<dataset>-<model>-seed<seed>-<date-time> for the others."""
+    runs/<dataset>-<model>-seed<seed>-<date-time> for the others (with -w<width> when the width
+    is not 1)."""
     if name is None:
         what = f"beta{config.beta:g}" if config.model == "eae" else config.model
-        name = f"{config.dataset}-{what}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        width = "" if config.width == 1 else f"-w{config.width:g}"
+        name = f"{config.dataset}{width}-{what}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Path(DEFAULT_RUNS_DIR) / name
 
 
@@ -230,7 +291,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto") -> Run:
     config = read_config(run_dir)
     checkpoint = load_checkpoint(run_dir)
     torch_device = resolve_device(device)
-    model = build_model(config.dataset, config.latent_dim, config.beta, config.k, config.model)
+    model = build_model(config.dataset, config.latent_dim, config.beta, config.k, config.model, config.width)
     model.load_state_dict(checkpoint["model"])
     model.to(torch_device).eval()
     return Run(run_dir, config, model, torch_device, int(checkpoint["epoch"]), int(checkpoint["step"]))

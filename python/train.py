@@ -12,7 +12,9 @@
 Loss per batch: mean ||D(z) - x||^2 - beta * kl_entropy(z), z = BatchNorm1d(E(x)) (see
 python/models.py); ``--model`` trains one of the models of the paper's comparison instead (AE,
 RAE variants, VAE, CV-VAE, WAE-MMD, 2SVAE: python/baselines.py, and python -m python.compare).
-Adam, ReduceLROnPlateau(factor 0.5, patience 5) on the epoch's training loss.
+Adam, ReduceLROnPlateau(factor 0.5, patience 5) on the epoch's training loss. Speed:
+``--width`` (channels x W), ``--precision bf16`` (autocast; on a CPU also the matrix-product
+weight gradient of python/conv_wgrad.py), ``--compile``, ``--threads``.
 
 Each run directory (runs/<name>) gets config.json, checkpoint.pt (rewritten atomically after
 every epoch and on Ctrl-C; the one before it kept as checkpoint.prev.pt, which --resume falls
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import random
 import signal
@@ -39,12 +42,16 @@ from torch import nn
 
 from . import parallel
 from .checkpoint import CHECKPOINT_NAME, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .conv_wgrad import use_matmul_weight_grad
 from .data import DATASETS, iterate_batches, load_dataset
 from .parallel import Parallel
 from .registry import MODELS, build_model
 from .runs import (
     CONFIG_NAME,
+    PRECISIONS,
     TrainConfig,
+    autocast,
+    check_precision,
     command,
     default_run_dir,
     load_run,
@@ -149,6 +156,21 @@ class StopOnInterrupt:
             signal.signal(s, previous)
 
 
+def train_step(forward, optimizer: torch.optim.Optimizer, x: torch.Tensor, precision: str,
+               channels_last: bool = True):
+    """One optimisation step on the batch x (already on the model's device); returns the model's
+    output. The forward runs under the autocast of ``precision`` (bf16: the convolutions; the
+    codes, the entropy and the losses stay float32), the backward and the step outside it.
+    ``channels_last``: the layout of the model (the trainer's) and so of x."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    with autocast(precision, x.device):
+        out = forward(x.contiguous(memory_format=layout))
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    optimizer.step()
+    return out
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -186,6 +208,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
 
     run_dir = Path(config.run_dir)
     device = parallel.training_device(resolve_device(config.device), par)
+    check_precision(config.precision, device)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     data = load_dataset(config.dataset, config.data_dir)
@@ -197,9 +220,14 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
                          "training images")
 
     _seed_everything(config.seed)
-    # channels_last: about 20% faster convolutions on CPU (oneDNN) for the small model
-    module = build_model(config.dataset, config.latent_dim, config.beta, config.k, config.model)
+    # channels_last: faster convolutions on CPU (oneDNN): about 20% for the digits model, 1.4x for
+    # the paper's transposed convolutions (benchmarks/train_speed.py)
+    module = build_model(config.dataset, config.latent_dim, config.beta, config.k, config.model, config.width)
     module = module.to(device, memory_format=torch.channels_last)
+    if config.precision == "bf16" and device.type == "cpu" and not config.compile:
+        # oneDNN's bf16 weight-gradient kernels are the slowest part of a step on CPU: one matrix
+        # product instead for the large layers (python/conv_wgrad.py; the same parameters and sums)
+        use_matmul_weight_grad(module)
     module.distributed_entropy = par.active and config.global_entropy
     model = module
     if par.active:
@@ -209,6 +237,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         device_ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+    # the compiled model shares module's parameters: checkpoints keep saving module.state_dict()
+    forward = torch.compile(model) if config.compile else model
     optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=5)
     epoch, step, sums = 0, 0, [0.0, 0.0, 0.0]  # sums of loss, recon, entropy over this epoch's steps
@@ -250,11 +280,12 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
         latest_is_good = True
 
     log = RunLog(run_dir, keep_epochs=epoch) if par.is_main else None
-    say = print if par.is_main else _silent
+    say = functools.partial(print, flush=True) if par.is_main else _silent  # a log file gets each line at once
     processes = (f"  {par.world_size} processes, global batch {global_batch}, entropy over the "
                  f"{'global' if module.distributed_entropy else 'per-rank'} batch") if par.active else ""
     say(f"{data.description}\nrun directory: {run_dir}  device: {device}  "
-        f"{sum(p.numel() for p in module.parameters()):,} parameters{processes}")
+        f"{sum(p.numel() for p in module.parameters()):,} parameters (width {config.width:g})  "
+        f"precision {config.precision}{'  compiled' if config.compile else ''}{processes}")
     started = time.time()
     stop_signals = (signal.SIGINT, signal.SIGTERM) if par.active else (signal.SIGINT,)
     try:
@@ -268,10 +299,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
                 bar = tqdm(total=steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{config.epochs}",
                            disable=None if progress and par.is_main else True, leave=False, dynamic_ncols=True)
                 for x in iterate_batches(data.train, batches):
-                    out = model(x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last))
-                    optimizer.zero_grad(set_to_none=True)
-                    out.loss.backward()
-                    optimizer.step()
+                    out = train_step(forward, optimizer, x.to(device, non_blocking=True), config.precision)
                     values = _step_values(out, stop, par)
                     sums = [s + v for s, v in zip(sums, values)]
                     step += 1
@@ -358,7 +386,7 @@ def finish_run(run_dir: Path, data, evaluate: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 
 # Options that may differ from config.json when resuming; any other one is refused.
-RESUME_OVERRIDABLE = ("epochs", "device", "evaluate", "threads")
+RESUME_OVERRIDABLE = ("epochs", "device", "evaluate", "threads", "compile")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -383,6 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent-dim", dest="latent_dim", type=int,
                    help="code size (default: digits 8, mnist 16, cifar10 128, celeba 64)")
     p.add_argument("--k", type=int, help="neighbour order of the entropy estimator (default 1)")
+    p.add_argument("--width", type=float,
+                   help="multiplies every convolution's channel count (default 1.0, the paper's; 0.25 gives "
+                        "32-64-128-256 for mnist, a CPU-sized network)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="fp32 (default) or bf16: convolutions under bfloat16 autocast, codes and losses in "
+                        "float32; needs a CPU with AVX512_BF16/AMX or a CUDA GPU with bf16")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="train through torch.compile (default off; a one-off compilation of minutes on CPU)")
     p.add_argument("--global-entropy", dest="global_entropy", action=argparse.BooleanOptionalAction, default=None,
                    help="under torchrun: estimate the entropy over the global batch, the codes of every "
                         "process (default on); --no-global-entropy: over each process's own batch")
@@ -412,7 +448,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
             elif value != getattr(config, key):
                 raise ValueError(f"--{key.replace('_', '-')} cannot change when resuming: {args.resume} was "
                                  f"trained with {key}={getattr(config, key)!r} "
-                                 "(only --epochs, --device, --threads and --eval may change)")
+                                 "(only --epochs, --device, --threads, --eval and --compile may change)")
         config.run_dir = str(args.resume)
         config.validate()
         return config, True
