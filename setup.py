@@ -44,7 +44,7 @@ DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"  # A100, H100/H200, and PTX that newer GPUs J
 
 # The model package's runtime needs (python/, installed as eae_models).
 TRAIN_REQUIRES = ["scikit-learn>=1.2", "tqdm", "pillow"]
-CONSOLE_SCRIPTS = [f"eae-{tool} = eae_models.{tool}:main" for tool in ("train", "sample", "evaluate", "compare")]
+CONSOLE_SCRIPTS = [f"eae-{tool} = eae_models.{tool}:main" for tool in ("train", "sample", "evaluate", "compare", "evidence")]
 
 
 def cuda_wanted() -> bool:

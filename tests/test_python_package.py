@@ -34,7 +34,7 @@ from python.train import build_parser, train
 from conftest import narrow, state_of, tiny_config
 
 PACKAGE = Path(__file__).resolve().parents[1] / "python"
-TOOLS = ("train", "sample", "evaluate", "compare")
+TOOLS = ("train", "sample", "evaluate", "compare", "evidence")
 
 
 @pytest.fixture(autouse=True)
