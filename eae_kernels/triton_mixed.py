@@ -77,7 +77,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_kernels import _f64_from_bits, _log_term, _weight
+from .triton_kernels import _best, _f64_from_bits, _log_term, _merge_tile, _weight, _worst
 
 SEARCH_ENV = "EAE_KERNELS_SEARCH"
 # The auto rule. Off until scripts/gpu_check.sh has shown the path bit-identical and faster on a GPU
@@ -214,40 +214,6 @@ def pair_interval(w: torch.Tensor, prep: dict, d: int) -> tuple[torch.Tensor, to
 
 
 @triton.jit
-def _worst(top_key, top_idx):
-    wk = tl.max(top_key, axis=1)
-    wi = tl.max(tl.where(top_key == wk[:, None], top_idx, -1), axis=1)
-    return wk, wi
-
-
-@triton.jit
-def _best(keys, idx):
-    mk = tl.min(keys, axis=1)
-    mi = tl.min(tl.where(keys == mk[:, None], idx, _BIG), axis=1)
-    return mk, mi
-
-
-@triton.jit
-def _merge(keys, cidx, top_key, top_idx):
-    """Merges a tile of (key, index) candidates (excluded ones: (+inf, _BIG)) into the unsorted
-    running lists, lexicographic (key, index) order: the lower index wins ties."""
-    wk, wi = _worst(top_key, top_idx)
-    mk, mi = _best(keys, cidx)
-    better = (mk < wk) | ((mk == wk) & (mi < wi))
-    while tl.max(better.to(tl.int32), axis=0) > 0:
-        replace = better[:, None] & (top_key == wk[:, None]) & (top_idx == wi[:, None])
-        top_key = tl.where(replace, mk[:, None], top_key)
-        top_idx = tl.where(replace, mi[:, None], top_idx)
-        taken = better[:, None] & (cidx == mi[:, None])
-        keys = tl.where(taken, _INF, keys)
-        cidx = tl.where(taken, _BIG, cidx)
-        wk, wi = _worst(top_key, top_idx)
-        mk, mi = _best(keys, cidx)
-        better = (mk < wk) | ((mk == wk) & (mi < wi))
-    return top_key, top_idx
-
-
-@triton.jit
 def _empty_lists(n, BLOCK_M: tl.constexpr, KP: tl.constexpr, K: tl.constexpr):
     """Real slots (+inf, n + slot), padding slots (-inf, -1 - slot): never the worst."""
     slot = tl.arange(0, KP)
@@ -336,7 +302,7 @@ def _mixed_candidates_kernel(
             nj = tl.load(norm32_ptr + cols, mask=col_ok, other=0.0)
             valid = col_ok[None, :] & (cols[None, :] != rows[:, None])
             w = tl.where(valid, nj[None, :] - 2.0 * g, _INF)
-            top_w, top_idx = _merge(w, tl.where(valid, cols[None, :], _BIG), top_w, top_idx)
+            top_w, top_idx = _merge_tile(w, tl.where(valid, cols[None, :], _BIG), top_w, top_idx)
             q = tl.max(top_w, axis=1)
             reach = _reach(q, ni, ei, spread, u_key, grow, shrink)
             cand = valid & (w <= reach[:, None])
@@ -417,7 +383,7 @@ def _mixed_refine_kernel(
             cols = start + tl.arange(0, BLOCK_N)
             raw = _exact_keys(z_ptr, rows, cols[None, :], n, d, stride_n)
             ok = (cols < n)[None, :] & (cols[None, :] != rows[:, None])
-            top_key, top_idx = _merge(tl.where(ok & (raw == raw), raw, _INF), tl.where(ok, cols[None, :], _BIG),
+            top_key, top_idx = _merge_tile(tl.where(ok & (raw == raw), raw, _INF), tl.where(ok, cols[None, :], _BIG),
                                       top_key, top_idx)  # fmt: skip
         if COUNT:
             tl.atomic_add(stats_ptr + 1, 1)
@@ -426,7 +392,7 @@ def _mixed_refine_kernel(
         live = row_ok[:, None] & (slot[None, :] < count[:, None])
         cidx = tl.load(cand_ptr + local[:, None] * C + slot[None, :], mask=live, other=0)
         raw = _exact_keys(z_ptr, rows, cidx, n, d, stride_n)
-        top_key, top_idx = _merge(tl.where(live, raw, _INF), tl.where(live, cidx, _BIG), top_key, top_idx)
+        top_key, top_idx = _merge_tile(tl.where(live, raw, _INF), tl.where(live, cidx, _BIG), top_key, top_idx)
         if COUNT:
             tl.atomic_add(stats_ptr, 1)
     if KNN:
