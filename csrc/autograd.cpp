@@ -160,6 +160,13 @@ at::Tensor call_knn_backward(const at::Tensor& grad_dist, const at::Tensor& z,
 
 using KlOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
+// Raised by a backward whose forward skipped the gradient (compute_grad was false).
+void check_grad_computed(AutogradContext* ctx, const char* op) {
+  TORCH_CHECK(ctx->saved_data["compute_grad"].toBool(), "eae_kernels.", op,
+              ": the gradient was not computed in the forward pass because no input required grad "
+              "(or grad mode was off) when it was called");
+}
+
 class KlEntropyFunction : public torch::autograd::Function<KlEntropyFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& z, int64_t k, double p,
@@ -183,9 +190,7 @@ class KlEntropyFunction : public torch::autograd::Function<KlEntropyFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    TORCH_CHECK(ctx->saved_data["compute_grad"].toBool(),
-                "eae_kernels.kl_entropy: the gradient was not computed in the forward pass because "
-                "z did not require grad (or grad mode was off) when kl_entropy was called");
+    check_grad_computed(ctx, "kl_entropy");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &z = saved[0], &grad = saved[1], &nbr = saved[2];
     at::Tensor grad_z = grads[0].defined() ? grad * grads[0] : at::zeros_like(grad);
@@ -230,12 +235,6 @@ at::Tensor call_kl_entropy_sets_hvp(const at::Tensor& z, const at::Tensor& nbr, 
 // Each set's incoming gradient (B,) times the saved per-set gradient (B, M, d).
 at::Tensor scale_by_set(const at::Tensor& saved, const at::Tensor& grad_value) {
   return saved * grad_value.to(saved.scalar_type()).view({-1, 1, 1});
-}
-
-void check_grad_computed(AutogradContext* ctx, const char* op) {
-  TORCH_CHECK(ctx->saved_data["compute_grad"].toBool(), "eae_kernels.", op,
-              ": the gradient was not computed in the forward pass because no input required grad "
-              "(or grad mode was off) when it was called");
 }
 
 class KlEntropySetsFunction : public torch::autograd::Function<KlEntropySetsFunction> {
