@@ -182,6 +182,19 @@ def _best(keys, idx):
 
 
 @triton.jit
+def _key_to_distance(key, NORM: tl.constexpr, ACC: tl.constexpr):
+    """A search key as the reported distance: the correctly rounded square root of the squared
+    distance for L2, the key itself for L1 and Linf."""
+    if NORM == 2:
+        if ACC == tl.float64:
+            return tl.sqrt(key)
+        else:
+            return tl.sqrt_rn(key)
+    else:
+        return key
+
+
+@triton.jit
 def _merge_tile(keys, cidx, top_key, top_idx):
     """Merges a tile of candidates (keys, cidx: (BLOCK_M, BLOCK_N); excluded ones are
     (+inf, _BIG)) into the running lists: while some row's best remaining candidate beats its
@@ -428,13 +441,7 @@ def _knn_kernel(
     out = rows.to(tl.int64) * K
     for q in range(0, K):
         mk, mi = _best(keys, idx)
-        if NORM == 2:
-            if ACC == tl.float64:
-                dist = tl.sqrt(mk)
-            else:
-                dist = tl.sqrt_rn(mk)
-        else:
-            dist = mk
+        dist = _key_to_distance(mk, NORM, ACC)
         overflow = mk >= _INF
         finite = own_finite & _rows_finite(z_ptr, mi, row_ok & overflow, d, stride_n, stride_d)
         dist = tl.where(overflow, tl.where(finite, _INF, float("nan")), dist)
@@ -1246,13 +1253,7 @@ def _knn_sets_kernel(
     out = (b.to(tl.int64) * mx + rows) * K
     for q in range(0, K):
         mk, mi = _best(keys, idx)
-        if NORM == 2:
-            if ACC == tl.float64:
-                dist = tl.sqrt(mk)
-            else:
-                dist = tl.sqrt_rn(mk)
-        else:
-            dist = mk
+        dist = _key_to_distance(mk, NORM, ACC)
         overflow = mk >= _INF
         finite = own_finite & _rows_finite(ref, mi, row_ok & overflow, d, d, 1)
         dist = tl.where(overflow, tl.where(finite, _INF, float("nan")), dist)
