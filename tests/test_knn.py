@@ -39,6 +39,64 @@ def test_ties_are_broken_by_the_lower_index(device_backend, p, dtype):
 
 
 @pytest.mark.parametrize("p", P_VALUES, ids=["p1", "p2", "pinf"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n", [2, 15, 16, 17, 47, 48, 49, 100, 130])
+def test_nearest_neighbour_ties_and_panel_edges(device_backend, p, dtype, n):
+    """k = 1 (the CPU takes a running minimum on data whose keys cannot overflow): exact ties,
+    duplicates and sizes around the kernel's column panels (16, 32, 48 lanes), self and cross."""
+    device, backend = device_backend
+    z = integer_rows(n, 3, seed=n, low=-1, high=2)
+    y = integer_rows(n + 5, 3, seed=n + 1, low=-1, high=2)
+    dist, idx = knn_distances(z.to(dtype).to(device), 1, p=p, backend=backend)
+    ref_dist, ref_idx = reference.knn_distances(z, 1, p, exact=True)
+    assert torch.equal(idx.cpu(), ref_idx)
+    torch.testing.assert_close(dist.cpu().double(), ref_dist, rtol=1e-6, atol=0)
+    dist, idx = knn_distances(z.to(dtype).to(device), y.to(dtype).to(device), 1, p=p, backend=backend)
+    ref_dist, ref_idx = reference.knn_distances(z, 1, p, y=y, exact=True)
+    assert torch.equal(idx.cpu(), ref_idx)
+    torch.testing.assert_close(dist.cpu().double(), ref_dist, rtol=1e-6, atol=0)
+
+
+def test_nearest_neighbour_ties_on_every_cpu_instruction_set():
+    import eae_kernels
+
+    ext = eae_kernels._extension._C
+    for isa in ("generic", "avx2", "avx512"):
+        if not ext.cpu_isa_supported(isa):
+            continue
+        ext.set_cpu_isa(isa)
+        for n in (5, 17, 49, 100):
+            z = integer_rows(n, 3, seed=n, low=-1, high=2)
+            y = integer_rows(n + 3, 3, seed=n + 1, low=-1, high=2)
+            for p in P_VALUES:
+                ref_idx = reference.knn_distances(z, 1, p, exact=True)[1]
+                ref_cross = reference.knn_distances(z, 1, p, y=y, exact=True)[1]
+                for dtype in (torch.float32, torch.float64):
+                    assert torch.equal(knn_distances(z.to(dtype), 1, p=p, backend="cpu")[1], ref_idx), (isa, n, p)
+                    got = knn_distances(z.to(dtype), y.to(dtype), 1, p=p, backend="cpu")[1]
+                    assert torch.equal(got, ref_cross), (isa, n, p)
+
+
+@pytest.mark.parametrize("scale", [1e-15, 1.0, 1e18], ids=lambda s: f"{s:g}")
+def test_nearest_neighbour_at_small_and_large_scales(scale):
+    """float32 rows from tiny to near the overflow limit: the neighbours of a float64 scan."""
+    z = (random_rows(70, 8, seed=5) * scale).float()
+    dist, idx = knn_distances(z, 1)
+    ref_dist, ref_idx = reference.knn_distances(z.double(), 1, 2.0, exact=True)
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(dist.double(), ref_dist, rtol=1e-6, atol=0)
+
+
+def test_nearest_neighbour_when_every_distance_overflows():
+    """Squared distances past float32's range are +inf for every pair (the general merge, not
+    the running minimum): every row then takes the lowest other index."""
+    z = (random_rows(70, 8, seed=5) * 1e30).float()
+    dist, idx = knn_distances(z, 1)
+    assert torch.isinf(dist).all()
+    assert idx[0, 0] == 1 and (idx[1:, 0] == 0).all()
+
+
+@pytest.mark.parametrize("p", P_VALUES, ids=["p1", "p2", "pinf"])
 def test_gradient_of_the_distances(device_backend, p):
     device, backend = device_backend
     z = random_rows(30, 4, seed=3).to(device).requires_grad_(True)

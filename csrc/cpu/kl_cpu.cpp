@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -158,6 +159,23 @@ std::vector<uint8_t> finite_rows(const T* rows, int64_t n, int64_t d) {
   return finite;
 }
 
+// Whether no key of these rows can overflow: every |value| <= L with 4 L^2 d (the largest
+// squared L2 distance; L1 and Linf distances are smaller) a quarter of the type's maximum, which
+// leaves room for rounding. NaN and inf values are excluded by the rows' finite flags.
+template <class T>
+bool keys_cannot_overflow(const T* rows, int64_t count, int64_t d) {
+  T max_abs = 0;
+  for (int64_t i = 0; i < count; ++i) max_abs = std::max(max_abs, std::abs(rows[i]));
+  const double limit = std::sqrt(static_cast<double>(std::numeric_limits<T>::max()) / (16.0 * static_cast<double>(d)));
+  return static_cast<double>(max_abs) <= limit;
+}
+
+bool all_set(const uint8_t* flags, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!flags[i]) return false;
+  return true;
+}
+
 // The top-k lists of the query rows x[rows] in the self search (among x, row i excluded) and/or
 // the cross search (among y), filled in one parallel pass over the query rows: each chunk of rows
 // is searched against x's panels and then y's while its rows are in cache.
@@ -185,6 +203,7 @@ SearchPass<T> search_pass(const T* x, int64_t nx, RowRange rows, const T* y, int
     if (!self) query_finite = finite_rows(x, nx, d);
   }
   const uint8_t* x_finite = self ? packed_x.finite.data() : query_finite.data();
+  const bool x_bounded = all_set(x_finite, nx) && keys_cannot_overflow(x, nx * d, d);
 
   auto init = [&](std::vector<T>& keys, std::vector<int64_t>& idx, int64_t n) {
     keys.assign(static_cast<size_t>(m * k), std::numeric_limits<T>::infinity());
@@ -196,13 +215,14 @@ SearchPass<T> search_pass(const T* x, int64_t nx, RowRange rows, const T* y, int
     init(pass.self_keys, pass.self_idx, nx);
     args[count++] = SearchArgs<T>{x, x_finite, packed_x.panels.data(), packed_x.finite.data(),
                                   nx, d, k, norm, true, rows.begin, pass.self_keys.data(),
-                                  pass.self_idx.data()};
+                                  pass.self_idx.data(), x_bounded};
   }
   if (cross) {
     init(pass.cross_keys, pass.cross_idx, ny);
     args[count++] = SearchArgs<T>{x, x_finite, packed_y.panels.data(), packed_y.finite.data(),
                                   ny, d, k, norm, false, rows.begin, pass.cross_keys.data(),
-                                  pass.cross_idx.data()};
+                                  pass.cross_idx.data(),
+                                  x_bounded && all_set(packed_y.finite.data(), ny) && keys_cannot_overflow(y, ny * d, d)};
   }
   // L2 in float: each search (x in x, x in y) goes to the certified integer search with exact
   // refinement when wanted and applicable (same keys and indices; it runs this kernel itself on

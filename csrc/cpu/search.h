@@ -28,6 +28,10 @@ struct SearchArgs {
   int64_t first_row;            // keys/idx hold query rows first_row, first_row + 1, ...
   T* keys;                      // (rows, k) running top-k keys, initialised to (+inf, n)
   int64_t* idx;                 // (rows, k) running top-k indices
+  // Every query and reference value is finite and small enough that no key overflows (see
+  // keys_cannot_overflow in kl_cpu.cpp): every real key is then finite, only the +inf padding
+  // columns are not, which lets k = 1 take the running minimum instead of the general merge.
+  bool bounded = false;
 };
 
 template <class T>

@@ -44,6 +44,12 @@ struct VecF32 {
   static R max(R a, R b) { return _mm512_max_ps(a, b); }
   // bit l set where !(a[l] >= t[l]): below the threshold, or unordered (NaN)
   static uint64_t below(R a, R t) { return _mm512_cmp_ps_mask(a, t, _CMP_NGE_UQ); }
+  static uint64_t equal(R a, R t) { return _mm512_cmp_ps_mask(a, t, _CMP_EQ_OQ); }
+  static R min(R a, R b) { return _mm512_min_ps(a, b); }
+  static T reduce_min(R a) { return _mm512_reduce_min_ps(a); }
+  static R with_inf_at(R a, int lane) {
+    return _mm512_mask_mov_ps(a, static_cast<__mmask16>(1u << lane), _mm512_set1_ps(INFINITY));
+  }
 };
 struct VecF64 {
   using T = double;
@@ -59,6 +65,12 @@ struct VecF64 {
   static R abs(R a) { return _mm512_abs_pd(a); }
   static R max(R a, R b) { return _mm512_max_pd(a, b); }
   static uint64_t below(R a, R t) { return _mm512_cmp_pd_mask(a, t, _CMP_NGE_UQ); }
+  static uint64_t equal(R a, R t) { return _mm512_cmp_pd_mask(a, t, _CMP_EQ_OQ); }
+  static R min(R a, R b) { return _mm512_min_pd(a, b); }
+  static T reduce_min(R a) { return _mm512_reduce_min_pd(a); }
+  static R with_inf_at(R a, int lane) {
+    return _mm512_mask_mov_pd(a, static_cast<__mmask8>(1u << lane), _mm512_set1_pd(INFINITY));
+  }
 };
 #elif defined(EAE_ISA_AVX2)
 struct VecF32 {
@@ -77,6 +89,19 @@ struct VecF32 {
   static uint64_t below(R a, R t) {
     return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, t, _CMP_NGE_UQ)));
   }
+  static uint64_t equal(R a, R t) {
+    return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, t, _CMP_EQ_OQ)));
+  }
+  static R min(R a, R b) { return _mm256_min_ps(a, b); }
+  static T reduce_min(R a) {
+    __m128 m = _mm_min_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_min_ss(m, _mm_shuffle_ps(m, m, 1)));
+  }
+  static R with_inf_at(R a, int lane) {
+    const __m256i hit = _mm256_cmpeq_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(lane));
+    return _mm256_blendv_ps(a, _mm256_set1_ps(INFINITY), _mm256_castsi256_ps(hit));
+  }
 };
 struct VecF64 {
   using T = double;
@@ -93,6 +118,18 @@ struct VecF64 {
   static R max(R a, R b) { return _mm256_max_pd(a, b); }
   static uint64_t below(R a, R t) {
     return static_cast<uint32_t>(_mm256_movemask_pd(_mm256_cmp_pd(a, t, _CMP_NGE_UQ)));
+  }
+  static uint64_t equal(R a, R t) {
+    return static_cast<uint32_t>(_mm256_movemask_pd(_mm256_cmp_pd(a, t, _CMP_EQ_OQ)));
+  }
+  static R min(R a, R b) { return _mm256_min_pd(a, b); }
+  static T reduce_min(R a) {
+    const __m128d m = _mm_min_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_min_sd(m, _mm_unpackhi_pd(m, m)));
+  }
+  static R with_inf_at(R a, int lane) {
+    const __m256i hit = _mm256_cmpeq_epi64(_mm256_setr_epi64x(0, 1, 2, 3), _mm256_set1_epi64x(lane));
+    return _mm256_blendv_pd(a, _mm256_set1_pd(INFINITY), _mm256_castsi256_pd(hit));
   }
 };
 #else
@@ -111,6 +148,10 @@ struct VecScalar {
   static R abs(R a) { return a < T(0) ? -a : a; }
   static R max(R a, R b) { return a > b ? a : b; }
   static uint64_t below(R a, R t) { return (a >= t) ? 0u : 1u; }
+  static uint64_t equal(R a, R t) { return (a == t) ? 1u : 0u; }
+  static R min(R a, R b) { return b < a ? b : a; }
+  static T reduce_min(R a) { return a; }
+  static R with_inf_at(R a, int /*lane*/) { return T(INFINITY); }
 };
 using VecF32 = VecScalar<float>;
 using VecF64 = VecScalar<double>;
@@ -151,8 +192,9 @@ EAE_HD uint64_t candidate_lanes(const typename V::R* acc, typename V::T threshol
 
 // Distances of RR rows (i0..i0+RR-1) to the first CC * W columns of one panel (all PW columns
 // but in the last panel, whose columns past n are +inf and need not be computed); merges the
-// candidates.
-template <class V, Norm N, int RR, int CC = V::COLS>
+// candidates. Top1: k = 1 on bounded data (SearchArgs::bounded), where a row's best lane of the
+// tile is found by a vector minimum and merged once, instead of lane by lane.
+template <class V, Norm N, bool Top1, int RR, int CC = V::COLS>
 EAE_HD void row_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64_t panel_index,
                      typename V::T* thr) {
   using T = typename V::T;
@@ -178,6 +220,35 @@ EAE_HD void row_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64_t pan
 #pragma GCC unroll 8
       for (int q = 0; q < CC; ++q) accumulate<V, N>(acc[r][q], V::sub(col[q], x));
     }
+  }
+
+  if constexpr (Top1) {
+#pragma GCC unroll 8
+    for (int r = 0; r < RR; ++r) {
+      // Every real key is finite (bounded), padding columns are +inf and the row's own column
+      // is set to +inf: a finite minimum is the best real candidate of the tile, and its lowest
+      // lane its lowest index. It replaces the row's entry in topk_insert's (key, index) order.
+      const int64_t i = i0 + r;
+      const int64_t own_lane = i - panel_index * PW;
+      if (a.exclude_self && own_lane >= 0 && own_lane < CC * W)
+        acc[r][own_lane / W] = V::with_inf_at(acc[r][own_lane / W], static_cast<int>(own_lane % W));
+      R m = acc[r][0];
+#pragma GCC unroll 8
+      for (int q = 1; q < CC; ++q) m = V::min(m, acc[r][q]);
+      const T best = V::reduce_min(m);
+      if (!(best < T(INFINITY)) || best > thr[r]) continue;  // thr[r] is NaN while the list is empty
+      const R t = V::set1(best);
+      uint64_t hit = 0;
+#pragma GCC unroll 8
+      for (int q = 0; q < CC; ++q) hit |= V::equal(acc[r][q], t) << (q * W);
+      const int64_t j = panel_index * PW + __builtin_ctzll(hit);
+      int64_t* idx = a.idx + (i - a.first_row);
+      if (best == thr[r] && *idx <= j) continue;
+      a.keys[i - a.first_row] = best;
+      *idx = j;
+      thr[r] = best;
+    }
+    return;
   }
 
 #pragma GCC unroll 8
@@ -209,29 +280,29 @@ EAE_HD void row_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64_t pan
 }
 
 // All rows of one block against panel p, using its first CC registers of columns.
-template <class V, Norm N, int CC>
+template <class V, Norm N, bool Top1, int CC>
 EAE_HD void panel_rows(const SearchArgs<typename V::T>& a, int64_t block, int64_t block_end,
                        int64_t p, typename V::T* thr) {
   constexpr int RR = V::ROWS;
   int64_t i0 = block;
-  for (; i0 + RR <= block_end; i0 += RR) row_tile<V, N, RR, CC>(a, i0, p, thr + (i0 - block));
-  for (; i0 < block_end; ++i0) row_tile<V, N, 1, CC>(a, i0, p, thr + (i0 - block));
+  for (; i0 + RR <= block_end; i0 += RR) row_tile<V, N, Top1, RR, CC>(a, i0, p, thr + (i0 - block));
+  for (; i0 < block_end; ++i0) row_tile<V, N, Top1, 1, CC>(a, i0, p, thr + (i0 - block));
 }
 
 // The last panel with only its first `regs` registers of columns (regs <= V::COLS): at small n
 // (a set of 100 rows fills 100 of the 144 columns of three AVX-512 float panels) this skips the
 // all-+inf registers, a fifth of the work. The keys of the columns computed are unchanged.
-template <class V, Norm N>
+template <class V, Norm N, bool Top1>
 EAE_HD void last_panel_rows(const SearchArgs<typename V::T>& a, int64_t block, int64_t block_end,
                             int64_t p, int regs, typename V::T* thr) {
-  if (V::COLS > 1 && regs == 1) return panel_rows<V, N, 1>(a, block, block_end, p, thr);
-  if (V::COLS > 2 && regs == 2) return panel_rows<V, N, (V::COLS > 2 ? 2 : 1)>(a, block, block_end, p, thr);
-  if (V::COLS > 3 && regs == 3) return panel_rows<V, N, (V::COLS > 3 ? 3 : 1)>(a, block, block_end, p, thr);
-  panel_rows<V, N, V::COLS>(a, block, block_end, p, thr);
+  if (V::COLS > 1 && regs == 1) return panel_rows<V, N, Top1, 1>(a, block, block_end, p, thr);
+  if (V::COLS > 2 && regs == 2) return panel_rows<V, N, Top1, (V::COLS > 2 ? 2 : 1)>(a, block, block_end, p, thr);
+  if (V::COLS > 3 && regs == 3) return panel_rows<V, N, Top1, (V::COLS > 3 ? 3 : 1)>(a, block, block_end, p, thr);
+  panel_rows<V, N, Top1, V::COLS>(a, block, block_end, p, thr);
 }
 
-template <class V, Norm N>
-void search_rows_norm(const SearchArgs<typename V::T>& a, int64_t begin, int64_t end) {
+template <class V, Norm N, bool Top1>
+void search_rows_blocks(const SearchArgs<typename V::T>& a, int64_t begin, int64_t end) {
   using T = typename V::T;
   constexpr int PW = V::W * V::COLS;
   const int64_t num_panels = (a.n + PW - 1) / PW;
@@ -243,9 +314,15 @@ void search_rows_norm(const SearchArgs<typename V::T>& a, int64_t begin, int64_t
       thr[i - block] = candidate_threshold(a.keys + (i - a.first_row) * a.k,
                                            a.idx + (i - a.first_row) * a.k, a.k, a.n);
     for (int64_t p = 0; p + 1 < num_panels; ++p)
-      panel_rows<V, N, V::COLS>(a, block, block_end, p, thr);
-    if (num_panels > 0) last_panel_rows<V, N>(a, block, block_end, num_panels - 1, last_regs, thr);
+      panel_rows<V, N, Top1, V::COLS>(a, block, block_end, p, thr);
+    if (num_panels > 0) last_panel_rows<V, N, Top1>(a, block, block_end, num_panels - 1, last_regs, thr);
   }
+}
+
+template <class V, Norm N>
+void search_rows_norm(const SearchArgs<typename V::T>& a, int64_t begin, int64_t end) {
+  if (a.k == 1 && a.bounded) search_rows_blocks<V, N, true>(a, begin, end);
+  else search_rows_blocks<V, N, false>(a, begin, end);
 }
 
 template <class T>
