@@ -159,21 +159,26 @@ std::vector<uint8_t> finite_rows(const T* rows, int64_t n, int64_t d) {
   return finite;
 }
 
-// Whether no key of these rows can overflow: every |value| <= L with 4 L^2 d (the largest
-// squared L2 distance; L1 and Linf distances are smaller) a quarter of the type's maximum, which
-// leaves room for rounding. NaN and inf values are excluded by the rows' finite flags.
+// Whether no key of these rows can overflow: every value finite with |value| <= L, where
+// 4 L^2 d (the largest squared L2 distance; L1 and Linf distances are smaller) is a quarter of
+// the type's maximum, leaving room for rounding. The magnitudes are compared as integers (the
+// bits of a float without its sign order like its absolute value, and inf and NaN lie above
+// every finite value), so the loop is one vectorised integer maximum.
 template <class T>
-bool keys_cannot_overflow(const T* rows, int64_t count, int64_t d) {
-  T max_abs = 0;
-  for (int64_t i = 0; i < count; ++i) max_abs = std::max(max_abs, std::abs(rows[i]));
-  const double limit = std::sqrt(static_cast<double>(std::numeric_limits<T>::max()) / (16.0 * static_cast<double>(d)));
-  return static_cast<double>(max_abs) <= limit;
-}
-
-bool all_set(const uint8_t* flags, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    if (!flags[i]) return false;
-  return true;
+bool keys_cannot_overflow(const T* values, int64_t count, int64_t d) {
+  using Bits = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+  constexpr Bits magnitude = std::numeric_limits<Bits>::max() >> 1;
+  const T limit = static_cast<T>(
+      std::sqrt(static_cast<double>(std::numeric_limits<T>::max()) / (16.0 * static_cast<double>(d))));
+  Bits limit_bits, largest = 0;
+  std::memcpy(&limit_bits, &limit, sizeof(T));
+  for (int64_t i = 0; i < count; ++i) {
+    Bits b;
+    std::memcpy(&b, values + i, sizeof(T));
+    b &= magnitude;
+    largest = b > largest ? b : largest;
+  }
+  return largest <= limit_bits;
 }
 
 // The top-k lists of the query rows x[rows] in the self search (among x, row i excluded) and/or
@@ -203,7 +208,7 @@ SearchPass<T> search_pass(const T* x, int64_t nx, RowRange rows, const T* y, int
     if (!self) query_finite = finite_rows(x, nx, d);
   }
   const uint8_t* x_finite = self ? packed_x.finite.data() : query_finite.data();
-  const bool x_bounded = all_set(x_finite, nx) && keys_cannot_overflow(x, nx * d, d);
+  const bool x_bounded = keys_cannot_overflow(x, nx * d, d);
 
   auto init = [&](std::vector<T>& keys, std::vector<int64_t>& idx, int64_t n) {
     keys.assign(static_cast<size_t>(m * k), std::numeric_limits<T>::infinity());
@@ -222,7 +227,7 @@ SearchPass<T> search_pass(const T* x, int64_t nx, RowRange rows, const T* y, int
     args[count++] = SearchArgs<T>{x, x_finite, packed_y.panels.data(), packed_y.finite.data(),
                                   ny, d, k, norm, false, rows.begin, pass.cross_keys.data(),
                                   pass.cross_idx.data(),
-                                  x_bounded && all_set(packed_y.finite.data(), ny) && keys_cannot_overflow(y, ny * d, d)};
+                                  x_bounded && keys_cannot_overflow(y, ny * d, d)};
   }
   // L2 in float: each search (x in x, x in y) goes to the certified integer search with exact
   // refinement when wanted and applicable (same keys and indices; it runs this kernel itself on
@@ -273,25 +278,32 @@ namespace {
 // g += weight * d r(a, b) / d a, where r is the p-norm distance between rows a and b:
 //   L2: (a - b) (the 1/r is folded into weight), L1: sign(a - b),
 //   Linf: sign(a_m - b_m) at the lowest coordinate m of largest |a_m - b_m|.
-template <class T>
-inline void add_distance_gradient(T* g, const T* a, const T* b, int64_t d, Norm norm, T weight) {
-  switch (norm) {
-    case Norm::L2:
-      for (int64_t c = 0; c < d; ++c) g[c] += weight * (a[c] - b[c]);
-      break;
-    case Norm::L1:
-      for (int64_t c = 0; c < d; ++c) g[c] += weight * sign_of_difference(a[c], b[c]);
-      break;
-    case Norm::Linf: {
-      int64_t m = 0;
-      T best = std::abs(a[0] - b[0]);
-      for (int64_t c = 1; c < d; ++c) {
-        const T v = std::abs(a[c] - b[c]);
-        if (v > best) { best = v; m = c; }
-      }
-      g[m] += weight * sign_of_difference(a[m], b[m]);
-      break;
+template <Norm N, class T>
+inline void add_distance_gradient(T* __restrict g, const T* __restrict a, const T* __restrict b, int64_t d,
+                                  T weight) {
+  if constexpr (N == Norm::L2) {
+    for (int64_t c = 0; c < d; ++c) g[c] += weight * (a[c] - b[c]);
+  } else if constexpr (N == Norm::L1) {
+    for (int64_t c = 0; c < d; ++c) g[c] += weight * sign_of_difference(a[c], b[c]);
+  } else {
+    int64_t m = 0;
+    T best = std::abs(a[0] - b[0]);
+    for (int64_t c = 1; c < d; ++c) {
+      const T v = std::abs(a[c] - b[c]);
+      if (v > best) { best = v; m = c; }
     }
+    g[m] += weight * sign_of_difference(a[m], b[m]);
+  }
+}
+
+// f(std::integral_constant<Norm, norm>{}): the norm as a compile-time constant (the gradient
+// loops are short at small d, so a switch per row pair is a visible cost).
+template <class F>
+void with_norm(Norm norm, F&& f) {
+  switch (norm) {
+    case Norm::L2: f(std::integral_constant<Norm, Norm::L2>{}); break;
+    case Norm::L1: f(std::integral_constant<Norm, Norm::L1>{}); break;
+    case Norm::Linf: f(std::integral_constant<Norm, Norm::Linf>{}); break;
   }
 }
 
@@ -379,38 +391,44 @@ double estimate(const T* x, int64_t nx, RowRange rows, const T* y, int64_t ny, i
   if (grad_x != nullptr) {
     ReverseList rev;
     if (self) rev = reverse_list(ts.nbr, nx);
-    pfor(nx, grain_for(2 * d, kMinCopyWork), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        T* g = grad_x + i * d;
-        const T* xi = x + i * d;
-        std::fill(g, g + d, T(0));
-        const int64_t own = i - rows.begin;
-        const bool in_rows = own >= 0 && own < m;
-        if (self) {
-          if (in_rows) add_distance_gradient(g, xi, x + ts.nbr[own] * d, d, norm, ts.weight[own]);
-          for (int64_t q = rev.start[i]; q < rev.start[i + 1]; ++q) {
-            const int64_t r = rev.reverse[q];
-            add_distance_gradient(g, xi, x + (rows.begin + r) * d, d, norm, ts.weight[r]);
+    with_norm(norm, [&](auto norm_t) {
+      constexpr Norm N = decltype(norm_t)::value;
+      pfor(nx, grain_for(2 * d, kMinCopyWork), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          T* g = grad_x + i * d;
+          const T* xi = x + i * d;
+          std::fill(g, g + d, T(0));
+          const int64_t own = i - rows.begin;
+          const bool in_rows = own >= 0 && own < m;
+          if (self) {
+            if (in_rows) add_distance_gradient<N>(g, xi, x + ts.nbr[own] * d, d, ts.weight[own]);
+            for (int64_t q = rev.start[i]; q < rev.start[i + 1]; ++q) {
+              const int64_t r = rev.reverse[q];
+              add_distance_gradient<N>(g, xi, x + (rows.begin + r) * d, d, ts.weight[r]);
+            }
           }
+          if (cross && in_rows) add_distance_gradient<N>(g, xi, y + tc.nbr[own] * d, d, tc.weight[own]);
+          for (int64_t c = 0; c < d; ++c) g[c] *= scale_t;
         }
-        if (cross && in_rows) add_distance_gradient(g, xi, y + tc.nbr[own] * d, d, norm, tc.weight[own]);
-        for (int64_t c = 0; c < d; ++c) g[c] *= scale_t;
-      }
+      });
     });
   }
   if (grad_y != nullptr && cross) {
     const ReverseList rev = reverse_list(tc.nbr, ny);
-    pfor(ny, grain_for(2 * d, kMinCopyWork), [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j) {
-        T* g = grad_y + j * d;
-        const T* yj = y + j * d;
-        std::fill(g, g + d, T(0));
-        for (int64_t q = rev.start[j]; q < rev.start[j + 1]; ++q) {
-          const int64_t r = rev.reverse[q];
-          add_distance_gradient(g, yj, x + (rows.begin + r) * d, d, norm, tc.weight[r]);
+    with_norm(norm, [&](auto norm_t) {
+      constexpr Norm N = decltype(norm_t)::value;
+      pfor(ny, grain_for(2 * d, kMinCopyWork), [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j) {
+          T* g = grad_y + j * d;
+          const T* yj = y + j * d;
+          std::fill(g, g + d, T(0));
+          for (int64_t q = rev.start[j]; q < rev.start[j + 1]; ++q) {
+            const int64_t r = rev.reverse[q];
+            add_distance_gradient<N>(g, yj, x + (rows.begin + r) * d, d, tc.weight[r]);
+          }
+          for (int64_t c = 0; c < d; ++c) g[c] *= scale_t;
         }
-        for (int64_t c = 0; c < d; ++c) g[c] *= scale_t;
-      }
+      });
     });
   }
   return value;

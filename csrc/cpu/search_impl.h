@@ -46,6 +46,8 @@ struct VecF32 {
   static uint64_t below(R a, R t) { return _mm512_cmp_ps_mask(a, t, _CMP_NGE_UQ); }
   static uint64_t equal(R a, R t) { return _mm512_cmp_ps_mask(a, t, _CMP_EQ_OQ); }
   static R min(R a, R b) { return _mm512_min_ps(a, b); }
+  // lanes where a < b take x, the others y
+  static R select_less(R a, R b, R x, R y) { return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), y, x); }
   static T reduce_min(R a) { return _mm512_reduce_min_ps(a); }
   static R with_inf_at(R a, int lane) {
     return _mm512_mask_mov_ps(a, static_cast<__mmask16>(1u << lane), _mm512_set1_ps(INFINITY));
@@ -67,6 +69,7 @@ struct VecF64 {
   static uint64_t below(R a, R t) { return _mm512_cmp_pd_mask(a, t, _CMP_NGE_UQ); }
   static uint64_t equal(R a, R t) { return _mm512_cmp_pd_mask(a, t, _CMP_EQ_OQ); }
   static R min(R a, R b) { return _mm512_min_pd(a, b); }
+  static R select_less(R a, R b, R x, R y) { return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, b, _CMP_LT_OQ), y, x); }
   static T reduce_min(R a) { return _mm512_reduce_min_pd(a); }
   static R with_inf_at(R a, int lane) {
     return _mm512_mask_mov_pd(a, static_cast<__mmask8>(1u << lane), _mm512_set1_pd(INFINITY));
@@ -93,6 +96,7 @@ struct VecF32 {
     return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, t, _CMP_EQ_OQ)));
   }
   static R min(R a, R b) { return _mm256_min_ps(a, b); }
+  static R select_less(R a, R b, R x, R y) { return _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_LT_OQ)); }
   static T reduce_min(R a) {
     __m128 m = _mm_min_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     m = _mm_min_ps(m, _mm_movehl_ps(m, m));
@@ -123,6 +127,7 @@ struct VecF64 {
     return static_cast<uint32_t>(_mm256_movemask_pd(_mm256_cmp_pd(a, t, _CMP_EQ_OQ)));
   }
   static R min(R a, R b) { return _mm256_min_pd(a, b); }
+  static R select_less(R a, R b, R x, R y) { return _mm256_blendv_pd(y, x, _mm256_cmp_pd(a, b, _CMP_LT_OQ)); }
   static T reduce_min(R a) {
     const __m128d m = _mm_min_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
     return _mm_cvtsd_f64(_mm_min_sd(m, _mm_unpackhi_pd(m, m)));
@@ -150,6 +155,7 @@ struct VecScalar {
   static uint64_t below(R a, R t) { return (a >= t) ? 0u : 1u; }
   static uint64_t equal(R a, R t) { return (a == t) ? 1u : 0u; }
   static R min(R a, R b) { return b < a ? b : a; }
+  static R select_less(R a, R b, R x, R y) { return a < b ? x : y; }
   static T reduce_min(R a) { return a; }
   static R with_inf_at(R a, int /*lane*/) { return T(INFINITY); }
 };
@@ -230,8 +236,11 @@ EAE_HD void row_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64_t pan
       // lane its lowest index. It replaces the row's entry in topk_insert's (key, index) order.
       const int64_t i = i0 + r;
       const int64_t own_lane = i - panel_index * PW;
-      if (a.exclude_self && own_lane >= 0 && own_lane < CC * W)
-        acc[r][own_lane / W] = V::with_inf_at(acc[r][own_lane / W], static_cast<int>(own_lane % W));
+      if (a.exclude_self && own_lane >= 0 && own_lane < CC * W) {
+#pragma GCC unroll 8
+        for (int q = 0; q < CC; ++q)  // a constant register index keeps acc in registers
+          if (own_lane / W == q) acc[r][q] = V::with_inf_at(acc[r][q], static_cast<int>(own_lane % W));
+      }
       R m = acc[r][0];
 #pragma GCC unroll 8
       for (int q = 1; q < CC; ++q) m = V::min(m, acc[r][q]);
@@ -325,9 +334,143 @@ void search_rows_norm(const SearchArgs<typename V::T>& a, int64_t begin, int64_t
   else search_rows_blocks<V, N, false>(a, begin, end);
 }
 
+// ---- Small self sets, k = 1: each pair computed once ----
+//
+// The EAE and KoLeo shapes are many sets of a few hundred rows, each row searched for its nearest
+// other row. The kernel above computes every distance twice there: d(i, j) for row i and d(j, i)
+// for row j, equal bit for bit (the differences are negated exactly, then squared). This path
+// takes the rows in blocks of W (one register of columns) and computes block b only against the
+// columns of registers b, b + 1, ...: each tile's row minima update its rows (the row direction,
+// as in row_tile) and its column minima update the rows of its columns (the column direction),
+// except in the diagonal register, whose W x W distances all go the row direction. A row thus
+// receives its candidates in ascending index (first as a column, from the blocks before its own;
+// then as a row, from its own register on), so strict "<" updates keep the lower index on ties,
+// the order of topk_insert. Needs bounded data (every real key finite, padding columns +inf).
+constexpr int64_t kSymmetricMaxRows = 512;
+
+template <class V, Norm N, int RR, int CC>
+EAE_HD void symmetric_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64_t panel_index, int q0,
+                           int64_t diagonal_reg, typename V::T* best_key, typename V::T* best_idx) {
+  using T = typename V::T;
+  using R = typename V::R;
+  constexpr int W = V::W, PW = V::W * V::COLS;
+  const int64_t d = a.d;
+  const T* rows = a.queries + i0 * d;
+  const T* panel = a.panels + panel_index * d * PW + q0 * W;
+  const int64_t reg0 = panel_index * V::COLS + q0;  // the register (of W columns) of acc[.][0]
+
+  R acc[RR][CC];
+#pragma GCC unroll 8
+  for (int r = 0; r < RR; ++r)
+#pragma GCC unroll 8
+    for (int q = 0; q < CC; ++q) acc[r][q] = V::zero();
+  for (int64_t c = 0; c < d; ++c) {
+    R col[CC];
+#pragma GCC unroll 8
+    for (int q = 0; q < CC; ++q) col[q] = V::load(panel + c * PW + q * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < RR; ++r) {
+      const R x = V::set1(rows[r * d + c]);
+#pragma GCC unroll 8
+      for (int q = 0; q < CC; ++q) accumulate<V, N>(acc[r][q], V::sub(col[q], x));
+    }
+  }
+
+  // Column direction: the best of the RR rows for each column (the lowest row on ties), merged
+  // into the columns' running best.
+#pragma GCC unroll 8
+  for (int q = 0; q < CC; ++q) {
+    if (reg0 + q == diagonal_reg) continue;
+    R best = acc[0][q];
+    R row = V::set1(static_cast<T>(i0));
+#pragma GCC unroll 8
+    for (int r = 1; r < RR; ++r) {
+      row = V::select_less(acc[r][q], best, V::set1(static_cast<T>(i0 + r)), row);
+      best = V::select_less(acc[r][q], best, acc[r][q], best);
+    }
+    T* key = best_key + (reg0 + q) * W;
+    T* idx = best_idx + (reg0 + q) * W;
+    const R current = V::load(key);
+    V::store(idx, V::select_less(best, current, row, V::load(idx)));
+    V::store(key, V::select_less(best, current, best, current));
+  }
+
+  // Row direction, as in row_tile's Top1 merge (own column set to +inf).
+#pragma GCC unroll 8
+  for (int r = 0; r < RR; ++r) {
+    const int64_t i = i0 + r;
+    const int64_t own_lane = i - reg0 * W;
+    if (own_lane >= 0 && own_lane < CC * W) {
+#pragma GCC unroll 8
+      for (int q = 0; q < CC; ++q)
+        if (own_lane / W == q) acc[r][q] = V::with_inf_at(acc[r][q], static_cast<int>(own_lane % W));
+    }
+    R m = acc[r][0];
+#pragma GCC unroll 8
+    for (int q = 1; q < CC; ++q) m = V::min(m, acc[r][q]);
+    const T best = V::reduce_min(m);
+    if (!(best < best_key[i])) continue;
+    const R t = V::set1(best);
+    uint64_t hit = 0;
+#pragma GCC unroll 8
+    for (int q = 0; q < CC; ++q) hit |= V::equal(acc[r][q], t) << (q * W);
+    best_key[i] = best;
+    best_idx[i] = static_cast<T>(reg0 * W + __builtin_ctzll(hit));
+  }
+}
+
+// Rows [r0, r1) of one block against CC registers of panel p from register q0 on.
+template <class V, Norm N, int CC>
+EAE_HD void symmetric_rows(const SearchArgs<typename V::T>& a, int64_t r0, int64_t r1, int64_t p, int q0,
+                           int64_t diagonal_reg, typename V::T* best_key, typename V::T* best_idx) {
+  constexpr int RR = V::ROWS;
+  int64_t i0 = r0;
+  for (; i0 + RR <= r1; i0 += RR) symmetric_tile<V, N, RR, CC>(a, i0, p, q0, diagonal_reg, best_key, best_idx);
+  for (; i0 < r1; ++i0) symmetric_tile<V, N, 1, CC>(a, i0, p, q0, diagonal_reg, best_key, best_idx);
+}
+
+template <class V, Norm N>
+void search_small_self(const SearchArgs<typename V::T>& a) {
+  using T = typename V::T;
+  constexpr int W = V::W, COLS = V::COLS, PW = W * COLS;
+  const int64_t n = a.n, regs = (n + W - 1) / W;
+  T best_key[kSymmetricMaxRows + PW], best_idx[kSymmetricMaxRows + PW];
+  for (int64_t j = 0; j < regs * W; ++j) {
+    best_key[j] = T(INFINITY);
+    best_idx[j] = static_cast<T>(n);  // the empty slot (+inf, n)
+  }
+  for (int64_t b = 0; b < regs; ++b) {
+    const int64_t r0 = b * W, r1 = (r0 + W < n) ? r0 + W : n;
+    for (int64_t reg = b; reg < regs;) {  // from register b to the end of its panel, then by panel
+      const int64_t p = reg / COLS;
+      const int q0 = static_cast<int>(reg % COLS);
+      const int64_t end = ((p + 1) * COLS < regs) ? (p + 1) * COLS : regs;
+      const int cc = static_cast<int>(end - reg);
+      if (COLS > 1 && cc == 1) symmetric_rows<V, N, 1>(a, r0, r1, p, q0, b, best_key, best_idx);
+      else if (COLS > 2 && cc == 2) symmetric_rows<V, N, (COLS > 2 ? 2 : 1)>(a, r0, r1, p, q0, b, best_key, best_idx);
+      else if (COLS > 3 && cc == 3) symmetric_rows<V, N, (COLS > 3 ? 3 : 1)>(a, r0, r1, p, q0, b, best_key, best_idx);
+      else symmetric_rows<V, N, COLS>(a, r0, r1, p, q0, b, best_key, best_idx);
+      reg = end;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    a.keys[i] = best_key[i];
+    a.idx[i] = static_cast<int64_t>(best_idx[i]);
+  }
+}
+
 template <class T>
 void search_rows(const SearchArgs<T>& a, int64_t begin, int64_t end) {
   using V = typename VecOf<T>::type;
+  // A whole small set searched from empty lists (the first_row == 0 lists of all n rows).
+  if (a.exclude_self && a.k == 1 && a.bounded && a.first_row == 0 && begin == 0 && end == a.n &&
+      a.n <= kSymmetricMaxRows) {
+    switch (a.norm) {
+      case Norm::L2: return search_small_self<V, Norm::L2>(a);
+      case Norm::L1: return search_small_self<V, Norm::L1>(a);
+      case Norm::Linf: return search_small_self<V, Norm::Linf>(a);
+    }
+  }
   switch (a.norm) {
     case Norm::L2: search_rows_norm<V, Norm::L2>(a, begin, end); break;
     case Norm::L1: search_rows_norm<V, Norm::L1>(a, begin, end); break;
