@@ -63,7 +63,7 @@ def openmp_flags():
 
 
 def extensions():
-    cxx_flags = ["-O0", "-g"] if DEBUG else ["-O3"]
+    cxx_flags = (["-O0", "-g"] if DEBUG else ["-O3"]) + ["-ffp-contract=off"]
     cxx_flags += ["-std=c++17", "-fvisibility=hidden"] + openmp_flags()
     sources = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(HERE, "csrc")]

@@ -118,8 +118,11 @@ struct PackedRows {
   std::vector<uint8_t> finite;
 };
 
+// known_finite: the caller has checked every value (keys_cannot_overflow), so the per-value
+// check is skipped (at small n it is a visible part of the packing).
 template <class T>
-PackedRows<T> pack_rows(const T* rows, int64_t n, int64_t d, int64_t pw, const ParallelFor& pfor) {
+PackedRows<T> pack_rows(const T* rows, int64_t n, int64_t d, int64_t pw, bool known_finite,
+                        const ParallelFor& pfor) {
   const int64_t num_panels = (n + pw - 1) / pw;
   PackedRows<T> packed;
   packed.panels.resize(static_cast<size_t>(num_panels * d * pw));
@@ -133,12 +136,17 @@ PackedRows<T> pack_rows(const T* rows, int64_t n, int64_t d, int64_t pw, const P
           for (int64_t c = 0; c < d; ++c) panel[c * pw + w] = std::numeric_limits<T>::infinity();
           continue;
         }
-        // `&`, not `&&`: no branch per value (this packing is a visible cost at small n).
+        const T* row = rows + j * d;
+        if (known_finite) {
+          for (int64_t c = 0; c < d; ++c) panel[c * pw + w] = row[c];
+          packed.finite[j] = 1;
+          continue;
+        }
+        // `&`, not `&&`: no branch per value.
         bool ok = true;
         for (int64_t c = 0; c < d; ++c) {
-          const T v = rows[j * d + c];
-          panel[c * pw + w] = v;
-          ok &= static_cast<bool>(std::isfinite(v));
+          panel[c * pw + w] = row[c];
+          ok &= static_cast<bool>(std::isfinite(row[c]));
         }
         packed.finite[j] = ok;
       }
@@ -202,13 +210,14 @@ SearchPass<T> search_pass(const T* x, int64_t nx, RowRange rows, const T* y, int
   pass.cross = cross;
   PackedRows<T> packed_x, packed_y;
   std::vector<uint8_t> query_finite;
-  if (self) packed_x = pack_rows(x, nx, d, pw, pfor);
+  const bool x_bounded = keys_cannot_overflow(x, nx * d, d);
+  const bool y_bounded = cross && keys_cannot_overflow(y, ny * d, d);
+  if (self) packed_x = pack_rows(x, nx, d, pw, x_bounded, pfor);
   if (cross) {
-    packed_y = pack_rows(y, ny, d, pw, pfor);
+    packed_y = pack_rows(y, ny, d, pw, y_bounded, pfor);
     if (!self) query_finite = finite_rows(x, nx, d);
   }
   const uint8_t* x_finite = self ? packed_x.finite.data() : query_finite.data();
-  const bool x_bounded = keys_cannot_overflow(x, nx * d, d);
 
   auto init = [&](std::vector<T>& keys, std::vector<int64_t>& idx, int64_t n) {
     keys.assign(static_cast<size_t>(m * k), std::numeric_limits<T>::infinity());
@@ -227,7 +236,7 @@ SearchPass<T> search_pass(const T* x, int64_t nx, RowRange rows, const T* y, int
     args[count++] = SearchArgs<T>{x, x_finite, packed_y.panels.data(), packed_y.finite.data(),
                                   ny, d, k, norm, false, rows.begin, pass.cross_keys.data(),
                                   pass.cross_idx.data(),
-                                  x_bounded && keys_cannot_overflow(y, ny * d, d)};
+                                  x_bounded && y_bounded};
   }
   // L2 in float: each search (x in x, x in y) goes to the certified integer search with exact
   // refinement when wanted and applicable (same keys and indices; it runs this kernel itself on
@@ -275,44 +284,12 @@ void knn_search(const T* z, int64_t n, int64_t d, int64_t k, Norm norm, RowRange
 
 namespace {
 
-// g += weight * d r(a, b) / d a, where r is the p-norm distance between rows a and b:
-//   L2: (a - b) (the 1/r is folded into weight), L1: sign(a - b),
-//   Linf: sign(a_m - b_m) at the lowest coordinate m of largest |a_m - b_m|.
-template <Norm N, class T>
-inline void add_distance_gradient(T* __restrict g, const T* __restrict a, const T* __restrict b, int64_t d,
-                                  T weight) {
-  if constexpr (N == Norm::L2) {
-    for (int64_t c = 0; c < d; ++c) g[c] += weight * (a[c] - b[c]);
-  } else if constexpr (N == Norm::L1) {
-    for (int64_t c = 0; c < d; ++c) g[c] += weight * sign_of_difference(a[c], b[c]);
-  } else {
-    int64_t m = 0;
-    T best = std::abs(a[0] - b[0]);
-    for (int64_t c = 1; c < d; ++c) {
-      const T v = std::abs(a[c] - b[c]);
-      if (v > best) { best = v; m = c; }
-    }
-    g[m] += weight * sign_of_difference(a[m], b[m]);
-  }
-}
-
-// f(std::integral_constant<Norm, norm>{}): the norm as a compile-time constant (the gradient
-// loops are short at small d, so a switch per row pair is a visible cost).
-template <class F>
-void with_norm(Norm norm, F&& f) {
-  switch (norm) {
-    case Norm::L2: f(std::integral_constant<Norm, Norm::L2>{}); break;
-    case Norm::L1: f(std::integral_constant<Norm, Norm::L1>{}); break;
-    case Norm::Linf: f(std::integral_constant<Norm, Norm::Linf>{}); break;
-  }
-}
-
 // Per query row of one search: the k-th neighbour, its term and its signed gradient weight.
 template <class T>
 struct Terms {
   std::vector<int64_t> nbr;
   std::vector<double> term;
-  std::vector<T> weight;  // sign * d term / d r, in the form add_distance_gradient multiplies
+  std::vector<T> weight;  // sign * d term / d r, in the form GradientArgs multiplies
 };
 
 template <class T>
@@ -387,49 +364,40 @@ double estimate(const T* x, int64_t nx, RowRange rows, const T* y, int64_t ny, i
   //   dv/dx_i = scale [ [i in rows] (w_i dr(x_i, x_{ns_i}) + w'_i dr(x_i, y_{nc_i}))
   //                     + sum_{j in rows, ns_j = i} w_j dr(x_i, x_j) ]
   //   dv/dy_i = scale sum_{j in rows, nc_j = i} w'_j dr(y_i, x_j)
+  const SearchKernel<T>* kernel = kernel_for<T>(current_isa().load());
   const T scale_t = static_cast<T>(spec.scale);
   if (grad_x != nullptr) {
     ReverseList rev;
     if (self) rev = reverse_list(ts.nbr, nx);
-    with_norm(norm, [&](auto norm_t) {
-      constexpr Norm N = decltype(norm_t)::value;
-      pfor(nx, grain_for(2 * d, kMinCopyWork), [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          T* g = grad_x + i * d;
-          const T* xi = x + i * d;
-          std::fill(g, g + d, T(0));
-          const int64_t own = i - rows.begin;
-          const bool in_rows = own >= 0 && own < m;
-          if (self) {
-            if (in_rows) add_distance_gradient<N>(g, xi, x + ts.nbr[own] * d, d, ts.weight[own]);
-            for (int64_t q = rev.start[i]; q < rev.start[i + 1]; ++q) {
-              const int64_t r = rev.reverse[q];
-              add_distance_gradient<N>(g, xi, x + (rows.begin + r) * d, d, ts.weight[r]);
-            }
-          }
-          if (cross && in_rows) add_distance_gradient<N>(g, xi, y + tc.nbr[own] * d, d, tc.weight[own]);
-          for (int64_t c = 0; c < d; ++c) g[c] *= scale_t;
-        }
-      });
-    });
+    GradientArgs<T> args{x, grad_x, d, norm, scale_t, rows.begin, m};
+    if (self) {
+      args.self_ref = x;
+      args.self_nbr = ts.nbr.data();
+      args.self_weight = ts.weight.data();
+      args.rev_start = rev.start.data();
+      args.rev = rev.reverse.data();
+      args.rev_weight = ts.weight.data();
+      args.rev_ref = x;
+      args.rev_first = rows.begin;
+    }
+    if (cross) {
+      args.cross_ref = y;
+      args.cross_nbr = tc.nbr.data();
+      args.cross_weight = tc.weight.data();
+    }
+    pfor(nx, grain_for(2 * d, kMinCopyWork),
+         [&](int64_t begin, int64_t end) { kernel->gradient_rows(args, begin, end); });
   }
   if (grad_y != nullptr && cross) {
     const ReverseList rev = reverse_list(tc.nbr, ny);
-    with_norm(norm, [&](auto norm_t) {
-      constexpr Norm N = decltype(norm_t)::value;
-      pfor(ny, grain_for(2 * d, kMinCopyWork), [&](int64_t begin, int64_t end) {
-        for (int64_t j = begin; j < end; ++j) {
-          T* g = grad_y + j * d;
-          const T* yj = y + j * d;
-          std::fill(g, g + d, T(0));
-          for (int64_t q = rev.start[j]; q < rev.start[j + 1]; ++q) {
-            const int64_t r = rev.reverse[q];
-            add_distance_gradient<N>(g, yj, x + (rows.begin + r) * d, d, tc.weight[r]);
-          }
-          for (int64_t c = 0; c < d; ++c) g[c] *= scale_t;
-        }
-      });
-    });
+    GradientArgs<T> args{y, grad_y, d, norm, scale_t, 0, 0};
+    args.rev_start = rev.start.data();
+    args.rev = rev.reverse.data();
+    args.rev_weight = tc.weight.data();
+    args.rev_ref = x;
+    args.rev_first = rows.begin;
+    pfor(ny, grain_for(2 * d, kMinCopyWork),
+         [&](int64_t begin, int64_t end) { kernel->gradient_rows(args, begin, end); });
   }
   return value;
 }

@@ -34,6 +34,36 @@ struct SearchArgs {
   bool bounded = false;
 };
 
+// The gradient of rows [begin, end) of a point set P (x, or y of a cross search) from the
+// neighbour lists of a search pass: for row i (i' = i - own_first, own terms when 0 <= i' < own_count)
+//   g_i = scale * ( self_weight[i'] dr(P_i, self_ref[self_nbr[i']])
+//                 + sum_{q = rev_start[i]}^{rev_start[i + 1] - 1} rev_weight[rev[q]] dr(P_i, rev_ref[rev_first + rev[q]])
+//                 + cross_weight[i'] dr(P_i, cross_ref[cross_nbr[i']]) ),
+// the terms added in this order to zero, then scaled (the same roundings on every ISA). dr is the
+// distance's gradient in the form the weights multiply (L2: a - b; L1: sign(a - b); Linf: sign
+// at the lowest coordinate of largest |a - b|). A null self_ref / rev_start / cross_ref drops
+// that term.
+template <class T>
+struct GradientArgs {
+  const T* points;
+  T* grad;                     // rows [begin, end) of the (rows, d) gradient are written
+  int64_t d;
+  Norm norm;
+  T scale;
+  int64_t own_first, own_count;
+  const T* self_ref;
+  const int64_t* self_nbr;
+  const T* self_weight;
+  const int64_t* rev_start;
+  const int64_t* rev;
+  const T* rev_weight;
+  const T* rev_ref;
+  int64_t rev_first;
+  const T* cross_ref;
+  const int64_t* cross_nbr;
+  const T* cross_weight;
+};
+
 template <class T>
 struct SearchKernel {
   const char* name;
@@ -44,6 +74,8 @@ struct SearchKernel {
   // The key search_rows computes for one (query, reference) pair, with the same arithmetic bit
   // for bit (faster candidate searches re-measure their candidates with it).
   T (*exact_key)(const T* query, const T* reference, int64_t d, Norm norm);
+  // Writes the gradient rows [begin, end) (see GradientArgs).
+  void (*gradient_rows)(const GradientArgs<T>& args, int64_t begin, int64_t end);
 };
 
 #define EAE_DECLARE_SEARCH_KERNELS(isa)            \

@@ -38,6 +38,7 @@ struct VecF32 {
   static void store(T* p, R a) { _mm512_storeu_ps(p, a); }
   static R set1(T x) { return _mm512_set1_ps(x); }
   static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R abs(R a) { return _mm512_abs_ps(a); }
@@ -62,6 +63,7 @@ struct VecF64 {
   static void store(T* p, R a) { _mm512_storeu_pd(p, a); }
   static R set1(T x) { return _mm512_set1_pd(x); }
   static R sub(R a, R b) { return _mm512_sub_pd(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_pd(a, b); }
   static R add(R a, R b) { return _mm512_add_pd(a, b); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
   static R abs(R a) { return _mm512_abs_pd(a); }
@@ -85,6 +87,7 @@ struct VecF32 {
   static void store(T* p, R a) { _mm256_storeu_ps(p, a); }
   static R set1(T x) { return _mm256_set1_ps(x); }
   static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R abs(R a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
@@ -116,6 +119,7 @@ struct VecF64 {
   static void store(T* p, R a) { _mm256_storeu_pd(p, a); }
   static R set1(T x) { return _mm256_set1_pd(x); }
   static R sub(R a, R b) { return _mm256_sub_pd(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_pd(a, b); }
   static R add(R a, R b) { return _mm256_add_pd(a, b); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
   static R abs(R a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
@@ -148,6 +152,7 @@ struct VecScalar {
   static void store(T* p, R a) { *p = a; }
   static R set1(T x) { return x; }
   static R sub(R a, R b) { return a - b; }
+  static R mul(R a, R b) { return a * b; }
   static R add(R a, R b) { return a + b; }
   static R fma(R a, R b, R c) { return a * b + c; }
   static R abs(R a) { return a < T(0) ? -a : a; }
@@ -499,17 +504,106 @@ T exact_key(const T* query, const T* reference, int64_t d, Norm norm) {
   }
 }
 
+// ---- The gradient rows (see GradientArgs) ----
+
+// g (W coordinates from c) + weight * (a - b), each operation rounded once.
+template <class V>
+EAE_HD typename V::R add_scaled_difference(typename V::R g, typename V::R weight, const typename V::T* a,
+                                            const typename V::T* b) {
+  return V::add(g, V::mul(weight, V::sub(V::load(a), V::load(b))));
+}
+
+// L2: coordinates in register-wide chunks, each chunk's terms summed in a register (the same
+// operations per coordinate as one pass per term).
+template <class V>
+EAE_HD void gradient_row_l2(const GradientArgs<typename V::T>& a, int64_t i) {
+  using T = typename V::T;
+  using R = typename V::R;
+  constexpr int W = V::W;
+  const int64_t d = a.d, own = i - a.own_first;
+  const bool has_own = own >= 0 && own < a.own_count;
+  const T* p = a.points + i * d;
+  const T* self_b = (a.self_ref && has_own) ? a.self_ref + a.self_nbr[own] * d : nullptr;
+  const T* cross_b = (a.cross_ref && has_own) ? a.cross_ref + a.cross_nbr[own] * d : nullptr;
+  const int64_t q0 = a.rev_start ? a.rev_start[i] : 0, q1 = a.rev_start ? a.rev_start[i + 1] : 0;
+  T* g = a.grad + i * d;
+  int64_t c = 0;
+  for (; c + W <= d; c += W) {
+    R acc = V::zero();
+    if (self_b) acc = add_scaled_difference<V>(acc, V::set1(a.self_weight[own]), p + c, self_b + c);
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t r = a.rev[q];
+      acc = add_scaled_difference<V>(acc, V::set1(a.rev_weight[r]), p + c, a.rev_ref + (a.rev_first + r) * d + c);
+    }
+    if (cross_b) acc = add_scaled_difference<V>(acc, V::set1(a.cross_weight[own]), p + c, cross_b + c);
+    V::store(g + c, V::mul(acc, V::set1(a.scale)));
+  }
+  for (; c < d; ++c) {
+    T acc = T(0);
+    if (self_b) acc = acc + a.self_weight[own] * (p[c] - self_b[c]);
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t r = a.rev[q];
+      acc = acc + a.rev_weight[r] * (p[c] - a.rev_ref[(a.rev_first + r) * d + c]);
+    }
+    if (cross_b) acc = acc + a.cross_weight[own] * (p[c] - cross_b[c]);
+    g[c] = acc * a.scale;
+  }
+}
+
+// L1 and Linf: one pass per term (rare norms, kept simple).
+template <class T, Norm N>
+EAE_HD void add_sign_gradient(T* g, const T* a, const T* b, int64_t d, T weight) {
+  if (N == Norm::L1) {
+    for (int64_t c = 0; c < d; ++c) g[c] = g[c] + weight * sign_of_difference(a[c], b[c]);
+    return;
+  }
+  int64_t m = 0;
+  T best = a[0] > b[0] ? a[0] - b[0] : b[0] - a[0];
+  for (int64_t c = 1; c < d; ++c) {
+    const T v = a[c] > b[c] ? a[c] - b[c] : b[c] - a[c];
+    if (v > best) { best = v; m = c; }
+  }
+  g[m] = g[m] + weight * sign_of_difference(a[m], b[m]);
+}
+
+template <class T, Norm N>
+EAE_HD void gradient_row_sign(const GradientArgs<T>& a, int64_t i) {
+  const int64_t d = a.d, own = i - a.own_first;
+  const bool has_own = own >= 0 && own < a.own_count;
+  const T* p = a.points + i * d;
+  T* g = a.grad + i * d;
+  for (int64_t c = 0; c < d; ++c) g[c] = T(0);
+  if (a.self_ref && has_own) add_sign_gradient<T, N>(g, p, a.self_ref + a.self_nbr[own] * d, d, a.self_weight[own]);
+  if (a.rev_start)
+    for (int64_t q = a.rev_start[i]; q < a.rev_start[i + 1]; ++q) {
+      const int64_t r = a.rev[q];
+      add_sign_gradient<T, N>(g, p, a.rev_ref + (a.rev_first + r) * d, d, a.rev_weight[r]);
+    }
+  if (a.cross_ref && has_own) add_sign_gradient<T, N>(g, p, a.cross_ref + a.cross_nbr[own] * d, d, a.cross_weight[own]);
+  for (int64_t c = 0; c < d; ++c) g[c] = g[c] * a.scale;
+}
+
+template <class T>
+void gradient_rows(const GradientArgs<T>& a, int64_t begin, int64_t end) {
+  using V = typename VecOf<T>::type;
+  switch (a.norm) {
+    case Norm::L2: for (int64_t i = begin; i < end; ++i) gradient_row_l2<V>(a, i); break;
+    case Norm::L1: for (int64_t i = begin; i < end; ++i) gradient_row_sign<T, Norm::L1>(a, i); break;
+    case Norm::Linf: for (int64_t i = begin; i < end; ++i) gradient_row_sign<T, Norm::Linf>(a, i); break;
+  }
+}
+
 #define EAE_STRINGIFY2(x) #x
 #define EAE_STRINGIFY(x) EAE_STRINGIFY2(x)
 
 const SearchKernel<float>* kernel_f32() {
   static const SearchKernel<float> kernel{EAE_STRINGIFY(EAE_ISA), VecF32::W * VecF32::COLS,
-                                          &search_rows<float>, &exact_key<float>};
+                                          &search_rows<float>, &exact_key<float>, &gradient_rows<float>};
   return &kernel;
 }
 const SearchKernel<double>* kernel_f64() {
   static const SearchKernel<double> kernel{EAE_STRINGIFY(EAE_ISA), VecF64::W * VecF64::COLS,
-                                           &search_rows<double>, &exact_key<double>};
+                                           &search_rows<double>, &exact_key<double>, &gradient_rows<double>};
   return &kernel;
 }
 
