@@ -182,6 +182,30 @@ EAE_HD void accumulate(typename V::R& acc, typename V::R diff) {
   else acc = V::max(acc, V::abs(diff));
 }
 
+// The keys of RR query rows (row r at rows + r * d) to CC registers of panel columns (register q
+// of coordinate c at panel + c * PW + q * W), in registers.
+template <class V, Norm N, int RR, int CC>
+EAE_HD void tile_keys(const typename V::T* rows, const typename V::T* panel, int64_t d,
+                      typename V::R (&acc)[RR][CC]) {
+  using R = typename V::R;
+  constexpr int W = V::W, PW = V::W * V::COLS;
+#pragma GCC unroll 8
+  for (int r = 0; r < RR; ++r)
+#pragma GCC unroll 8
+    for (int q = 0; q < CC; ++q) acc[r][q] = V::zero();
+  for (int64_t c = 0; c < d; ++c) {
+    R col[CC];
+#pragma GCC unroll 8
+    for (int q = 0; q < CC; ++q) col[q] = V::load(panel + c * PW + q * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < RR; ++r) {
+      const R x = V::set1(rows[r * d + c]);
+#pragma GCC unroll 8
+      for (int q = 0; q < CC; ++q) accumulate<V, N>(acc[r][q], V::sub(col[q], x));
+    }
+  }
+}
+
 // The value a tile entry must be below to be a candidate for the row: the k-th key, or NaN while
 // the list still has empty slots (NaN makes every lane a candidate).
 template <class T>
@@ -211,27 +235,8 @@ EAE_HD void row_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64_t pan
   using T = typename V::T;
   using R = typename V::R;
   constexpr int W = V::W, PW = V::W * V::COLS;
-  const int64_t d = a.d;
-  const T* rows = a.queries + i0 * d;
-  const T* panel = a.panels + panel_index * d * PW;
-
   R acc[RR][CC];
-#pragma GCC unroll 8
-  for (int r = 0; r < RR; ++r)
-#pragma GCC unroll 8
-    for (int q = 0; q < CC; ++q) acc[r][q] = V::zero();
-
-  for (int64_t c = 0; c < d; ++c) {
-    R col[CC];
-#pragma GCC unroll 8
-    for (int q = 0; q < CC; ++q) col[q] = V::load(panel + c * PW + q * W);
-#pragma GCC unroll 8
-    for (int r = 0; r < RR; ++r) {
-      const R x = V::set1(rows[r * d + c]);
-#pragma GCC unroll 8
-      for (int q = 0; q < CC; ++q) accumulate<V, N>(acc[r][q], V::sub(col[q], x));
-    }
-  }
+  tile_keys<V, N, RR, CC>(a.queries + i0 * a.d, a.panels + panel_index * a.d * PW, a.d, acc);
 
   if constexpr (Top1) {
 #pragma GCC unroll 8
@@ -359,27 +364,9 @@ EAE_HD void symmetric_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64
   using T = typename V::T;
   using R = typename V::R;
   constexpr int W = V::W, PW = V::W * V::COLS;
-  const int64_t d = a.d;
-  const T* rows = a.queries + i0 * d;
-  const T* panel = a.panels + panel_index * d * PW + q0 * W;
   const int64_t reg0 = panel_index * V::COLS + q0;  // the register (of W columns) of acc[.][0]
-
   R acc[RR][CC];
-#pragma GCC unroll 8
-  for (int r = 0; r < RR; ++r)
-#pragma GCC unroll 8
-    for (int q = 0; q < CC; ++q) acc[r][q] = V::zero();
-  for (int64_t c = 0; c < d; ++c) {
-    R col[CC];
-#pragma GCC unroll 8
-    for (int q = 0; q < CC; ++q) col[q] = V::load(panel + c * PW + q * W);
-#pragma GCC unroll 8
-    for (int r = 0; r < RR; ++r) {
-      const R x = V::set1(rows[r * d + c]);
-#pragma GCC unroll 8
-      for (int q = 0; q < CC; ++q) accumulate<V, N>(acc[r][q], V::sub(col[q], x));
-    }
-  }
+  tile_keys<V, N, RR, CC>(a.queries + i0 * a.d, a.panels + panel_index * a.d * PW + q0 * W, a.d, acc);
 
   // Column direction: the best of the RR rows for each column (the lowest row on ties), merged
   // into the columns' running best.
