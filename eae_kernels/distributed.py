@@ -66,6 +66,7 @@ import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
 from . import backends
+from ._normalize import normalize_rows
 from ._validate import DEFAULT_EPS, FLOAT_DTYPES, accumulation_dtype, check_eps, check_k, check_p, check_z
 
 __all__ = ["global_kl_entropy", "global_koleo_loss"]
@@ -136,7 +137,7 @@ def global_koleo_loss(x: torch.Tensor, *, eps: float = 1e-8, backend: str = "aut
     eps = check_eps(eps)
     impl = backends.resolve(backend, "koleo", x)
     op = backends.op_for(impl, "koleo")
-    xn = torch.nn.functional.normalize(x.to(accumulation_dtype(x.dtype)), p=2.0, dim=-1, eps=eps)
+    xn = normalize_rows(x.to(accumulation_dtype(x.dtype)), eps)
 
     def partial(x_all, begin, end, compute_grad):
         loss, grad = op(x_all[None], None, eps, compute_grad, begin, end)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import _extension, _fake, backends
+from ._normalize import normalize_rows
 from ._validate import (
     DEFAULT_EPS,
     accumulation_dtype,
@@ -278,7 +279,7 @@ def koleo_loss(
         return global_koleo_loss(x, eps=eps, backend=backend, group=group)
     x3, lengths = check_sets(x, lengths, name="x", lengths_name="lengths")
     check_set_sizes(1, lengths, x3.shape[0], x3.shape[1], self_name="x")
-    xn = torch.nn.functional.normalize(x3.to(accumulation_dtype(x3.dtype)), p=2.0, dim=-1, eps=eps)
+    xn = normalize_rows(x3.to(accumulation_dtype(x3.dtype)), eps)
     fn, compute_grad = _op(backend, "koleo", xn, xn)
     loss, _ = fn(xn, lengths, eps, compute_grad)
     return loss if x.dim() == 3 else loss[0]

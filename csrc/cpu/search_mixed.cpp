@@ -58,17 +58,24 @@ int64_t grain_for_blocks(int64_t n, int64_t d) {
 
 namespace {
 
-// The coordinate-wise median of a strided sample of the rows of both sets: any fixed centre
+// The coordinate-wise median of a strided sample (about 64 rows) of the rows of both sets: any fixed centre
 // works (distances are translation-invariant), and the median keeps the step small under large
 // offsets without being dragged away by a few outliers (which the mean would be).
+// The sampled rows are copied coordinate-major first: reading one coordinate of rows spread
+// over the whole input, coordinate after coordinate, was a visible cost at large d.
 std::vector<double> centre(const float* x, int64_t nx, const float* y, int64_t ny, int64_t d) {
-  std::vector<double> mu(static_cast<size_t>(d)), sample;
+  std::vector<const float*> rows;
+  for (const auto& [set, n] : {std::make_pair(x, nx), std::make_pair(y, ny)})
+    for (int64_t j = 0; j < n; j += std::max<int64_t>(1, n / 63)) rows.push_back(set + j * d);
+  const int64_t s = static_cast<int64_t>(rows.size());
+  std::vector<float> sample(static_cast<size_t>(s * d));  // sample[c * s + r] = rows[r][c]
+  for (int64_t r = 0; r < s; ++r)
+    for (int64_t c = 0; c < d; ++c) sample[c * s + r] = rows[r][c];
+  std::vector<double> mu(static_cast<size_t>(d));
   for (int64_t c = 0; c < d; ++c) {
-    sample.clear();
-    for (const auto& [rows, n] : {std::make_pair(x, nx), std::make_pair(y, ny)})
-      for (int64_t j = 0; j < n; j += std::max<int64_t>(1, n / 255)) sample.push_back(rows[j * d + c]);
-    std::nth_element(sample.begin(), sample.begin() + sample.size() / 2, sample.end());
-    mu[c] = sample[sample.size() / 2];
+    float* column = sample.data() + c * s;
+    std::nth_element(column, column + s / 2, column + s);
+    mu[c] = column[s / 2];
   }
   return mu;
 }
@@ -79,9 +86,9 @@ std::vector<double> row_maxima(const float* z, int64_t n, int64_t d, const std::
   std::vector<double> row_max(static_cast<size_t>(n));
   pfor(n, std::max<int64_t>(1, (int64_t{1} << 16) / d), [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
-      double m = 0;
-      for (int64_t c = 0; c < d; ++c) m = std::max(m, std::abs(z[j * d + c] - mu[c]));
-      row_max[j] = m;
+      double m[4] = {0, 0, 0, 0};  // four running maxima: no chain of dependent instructions
+      for (int64_t c = 0; c < d; ++c) m[c & 3] = std::max(m[c & 3], std::abs(z[j * d + c] - mu[c]));
+      row_max[j] = std::max(std::max(m[0], m[1]), std::max(m[2], m[3]));
     }
   });
   return row_max;
@@ -96,29 +103,66 @@ void quantise_rows(const float* z, int64_t n, int64_t d, int64_t d2, const std::
   q_out->assign(static_cast<size_t>(n * d2), 0);
   norm_out->resize(static_cast<size_t>(n));
   delta_out->resize(static_cast<size_t>(n));
+  int16_t* q_rows = q_out->data();
+  int32_t* norms = norm_out->data();
+  double* deltas = delta_out->data();
+  const double* centre = mu.data();
+  // delta_j bounds |(z_j - mu) - alpha q_j| in exact arithmetic. The computed x and e carry one
+  // double rounding each (alpha * q is exact), so |e - e_computed| <= 2^-52 (|x| + |e|) per
+  // coordinate; the sums of squares (in any order, fused or not) and the sqrt add relative
+  // (d + 2) 2^-53 < 2^-30.
+  auto finish_row = [&](int64_t j, double err2, double x2, int64_t sq) {
+    const double err = std::sqrt(err2), xn = std::sqrt(x2);
+    deltas[j] = (err + 0x1p-51 * (xn + err)) * (1.0 + 0x1p-30) + 0x1p-1000;
+    norms[j] = static_cast<int32_t>(sq);
+  };
+  const bool vector = mixed_search_supported();  // AVX-512 (the portable loop below otherwise)
   pfor(n, std::max<int64_t>(1, (int64_t{1} << 16) / d), [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
-      double err2 = 0, x2 = 0;
+      const float* row = z + j * d;
+      int16_t* q_row = q_rows + j * d2;
       int64_t sq = 0;
-      for (int64_t c = 0; c < d; ++c) {
-        // Any integer near x / alpha will do (the error is measured below): round half away
-        // from zero by truncation, which needs no library call.
-        const double x = z[j * d + c] - mu[c];
+      double err2 = 0, x2 = 0;
+#if defined(EAE_HAVE_X86_KERNELS)
+      if (vector) {
+        avx512vnni::quantise_row(row, centre, d, alpha, qmax, q_row, &err2, &x2, &sq);
+        finish_row(j, err2, x2, sq);
+        continue;
+      }
+#endif
+      // Any integer near x / alpha will do (the error is measured below): round half away from
+      // zero by truncation, which needs no library call. Returns x, and e = x - alpha q.
+      auto quantise = [&](int64_t c, double* e) {
+        const double x = row[c] - centre[c];
         const double t = x * inv_alpha;
         const double qd = std::min(qmax, std::max(-qmax, static_cast<double>(static_cast<int64_t>(t + (t < 0 ? -0.5 : 0.5)))));
         const int64_t q = static_cast<int64_t>(qd);
-        const double e = x - alpha * qd;
-        err2 += e * e;
-        x2 += x * x;
+        *e = x - alpha * qd;
         sq += q * q;
-        (*q_out)[j * d2 + c] = static_cast<int16_t>(q);
+        q_row[c] = static_cast<int16_t>(q);
+        return x;
+      };
+      // Four partial sums of each square (the bound above holds for any order of summation):
+      // one chain of dependent additions would set the pace of this loop.
+      double err2_part[4] = {0, 0, 0, 0}, x2_part[4] = {0, 0, 0, 0};
+      int64_t c = 0;
+      for (; c + 4 <= d; c += 4) {
+        double e[4], x[4];
+        for (int l = 0; l < 4; ++l) x[l] = quantise(c + l, &e[l]);
+        for (int l = 0; l < 4; ++l) {
+          err2_part[l] += e[l] * e[l];
+          x2_part[l] += x[l] * x[l];
+        }
       }
-      // delta_j bounds |(z_j - mu) - alpha q_j| in exact arithmetic. The computed x and e carry
-      // one double rounding each (alpha * q is exact), so |e - e_computed| <= 2^-52 (|x| + |e|)
-      // per coordinate; the sums of squares and the sqrt add relative (d + 2) 2^-53 < 2^-30.
-      const double err = std::sqrt(err2), xn = std::sqrt(x2);
-      (*delta_out)[j] = (err + 0x1p-51 * (xn + err)) * (1.0 + 0x1p-30) + 0x1p-1000;
-      (*norm_out)[j] = static_cast<int32_t>(sq);
+      for (; c < d; ++c) {
+        double e;
+        const double x = quantise(c, &e);
+        err2_part[0] += e * e;
+        x2_part[0] += x * x;
+      }
+      err2 = (err2_part[0] + err2_part[1]) + (err2_part[2] + err2_part[3]);
+      x2 = (x2_part[0] + x2_part[1]) + (x2_part[2] + x2_part[3]);
+      finish_row(j, err2, x2, sq);
     }
   });
 }
@@ -167,15 +211,13 @@ bool build_mixed_data(const float* x, int64_t nx, const float* y, int64_t ny, in
   // is exact in double.
   const double alpha = std::nextafter(static_cast<float>(x_scale / qmax), INFINITY);
 
-  std::vector<int32_t> ref_sq;
+  std::vector<int32_t> y_sq;
   quantise_rows(x, nx, d, d2, mu, alpha, qmax, pfor, &m.q, &m.norm, &m.delta);
-  if (self) {
-    m.ref_q = m.q;
-    ref_sq = m.norm;
-    m.ref_delta = m.delta;
-  } else {
-    quantise_rows(y, ny, d, d2, mu, alpha, qmax, pfor, &m.ref_q, &ref_sq, &m.ref_delta);
-  }
+  if (!self) quantise_rows(y, ny, d, d2, mu, alpha, qmax, pfor, &m.ref_q, &y_sq, &m.ref_delta);
+  // The self search's reference rows are its query rows (no copies).
+  const int16_t* ref_q = self ? m.q.data() : m.ref_q.data();
+  const int32_t* ref_sq = self ? m.norm.data() : y_sq.data();
+  const double* ref_delta = self ? m.delta.data() : m.ref_delta.data();
 
   // The reference rows packed in panels: wild columns are zero in the panels, masked out of the
   // integer pass and left out of delta_max (their pairs are always re-measured); padding columns
@@ -191,14 +233,14 @@ bool build_mixed_data(const float* x, int64_t nx, const float* y, int64_t ny, in
     for (int64_t j = begin * kMixedPanel; j < std::min(n, end * kMixedPanel); ++j) {
       if (ref_wild[j]) continue;
       int16_t* col = m.panels.data() + (j / kMixedPanel) * kMixedPanel * d2 + (j % kMixedPanel) * 2;
-      for (int64_t c = 0; c < d; ++c) col[(c / 2) * kMixedPanel * 2 + (c % 2)] = m.ref_q[j * d2 + c];
+      for (int64_t c = 0; c < d; ++c) col[(c / 2) * kMixedPanel * 2 + (c % 2)] = ref_q[j * d2 + c];
       m.ref_norm[j] = ref_sq[j];
     }
   });
   double delta_max = 0;
   for (int64_t j = 0; j < n; ++j) {
     if (ref_wild[j]) m.live[j / kMixedPanel] &= ~(uint64_t{1} << (j % kMixedPanel));
-    else delta_max = std::max(delta_max, m.ref_delta[j]);
+    else delta_max = std::max(delta_max, ref_delta[j]);
   }
 
   const double d_plus_2_u = static_cast<double>(d + 2) * 0x1p-24;

@@ -147,6 +147,11 @@ namespace avx512vnni {
 // (top-k lists untouched) when a row's candidate list overflowed: the caller then runs the exact
 // kernel on the block.
 bool mixed_search_block(const MixedPlan& plan, const MixedBlock& block);
+// One row of the quantisation (search_mixed.cpp, quantise_rows) in AVX-512: q_c = an integer near
+// (row_c - centre_c) / alpha clamped to +-qmax, written to q (d values); returns through the
+// pointers sum_c (x_c - alpha q_c)^2, sum_c x_c^2 (x_c = row_c - centre_c, in double) and sum q_c^2.
+void quantise_row(const float* row, const double* centre, int64_t d, double alpha, double qmax, int16_t* q,
+                  double* err2, double* x2, int64_t* q2);
 }  // namespace avx512vnni
 
 // Whether this CPU can run the integer kernel (AVX-512 F/BW/VL and VNNI).
@@ -170,7 +175,7 @@ bool knn_search_mixed(const SearchArgs<float>& args, const float* reference_rows
 // them; exposed for the bound's test. Query arrays are indexed by query row, reference arrays by
 // reference row (in the self case both describe the same rows).
 struct MixedData {
-  std::vector<int16_t> q, ref_q;  // [row][d2] quantised query / reference rows
+  std::vector<int16_t> q, ref_q;  // [row][d2] quantised query / reference rows (ref_*: cross search only)
   std::vector<int32_t> norm;      // [query] |q_i|^2
   std::vector<double> delta, ref_delta, reach;
   std::vector<uint8_t> is_wild;   // [query]

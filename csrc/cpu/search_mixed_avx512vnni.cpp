@@ -196,6 +196,28 @@ void refine(const MixedPlan& p, const MixedBlock& b, int64_t r, const int32_t* c
 
 }  // namespace
 
+void quantise_row(const float* row, const double* centre, int64_t d, double alpha, double qmax, int16_t* q,
+                  double* err2, double* x2, int64_t* q2) {
+  const __m512d a = _mm512_set1_pd(alpha), inv_a = _mm512_set1_pd(1.0 / alpha);
+  const __m512d hi = _mm512_set1_pd(qmax), lo = _mm512_set1_pd(-qmax);
+  __m512d e2 = _mm512_setzero_pd(), xx = _mm512_setzero_pd(), qq = _mm512_setzero_pd();
+  for (int64_t c = 0; c < d; c += 8) {
+    // The last chunk masked: its missing lanes read 0 and add 0 to every sum.
+    const __mmask8 m = d - c >= 8 ? __mmask8(0xff) : static_cast<__mmask8>((1u << (d - c)) - 1);
+    const __m512d x = _mm512_sub_pd(_mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, row + c)), _mm512_maskz_loadu_pd(m, centre + c));
+    __m512d qd = _mm512_roundscale_pd(_mm512_mul_pd(x, inv_a), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    qd = _mm512_min_pd(hi, _mm512_max_pd(lo, qd));
+    const __m512d e = _mm512_sub_pd(x, _mm512_mul_pd(a, qd));  // alpha * q is exact
+    e2 = _mm512_fmadd_pd(e, e, e2);
+    xx = _mm512_fmadd_pd(x, x, xx);
+    qq = _mm512_fmadd_pd(qd, qd, qq);  // exact: integers below 2^53 in total
+    _mm_mask_storeu_epi16(q + c, m, _mm256_cvtepi32_epi16(_mm512_cvtpd_epi32(qd)));
+  }
+  *err2 = _mm512_reduce_add_pd(e2);
+  *x2 = _mm512_reduce_add_pd(xx);
+  *q2 = static_cast<int64_t>(_mm512_reduce_add_pd(qq));
+}
+
 bool mixed_search_block(const MixedPlan& p, const MixedBlock& b) {
   Rows s{p, b, {}, {}};
   for (int64_t r = 0; r < b.count; ++r) {
