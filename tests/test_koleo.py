@@ -92,3 +92,27 @@ def test_module_and_errors():
         koleo_loss(x[:1])
     with pytest.raises(ValueError, match="group=.*one \\(N, d\\) set per rank"):
         koleo_loss(x.view(2, 8, 8), group=object())
+
+
+def test_row_normalisation_matches_f_normalize():
+    """koleo_loss's normalisation: F.normalize's values bit for bit, its gradient to rounding,
+    including rows whose norm is clamped to eps (a zero row, a tiny row); gradcheck in float64."""
+    from eae_kernels._normalize import normalize_rows
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    x[1] = 0.0
+    x[2] *= 1e-12
+    weights = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    for dtype in (torch.float32, torch.float64):
+        a = x.to(dtype).requires_grad_(True)
+        b = x.to(dtype).requires_grad_(True)
+        ya, yb = normalize_rows(a, 1e-8), torch.nn.functional.normalize(b, p=2.0, dim=-1, eps=1e-8)
+        assert torch.equal(ya, yb)
+        (ga,) = torch.autograd.grad((ya * weights.to(dtype)).sum(), a)
+        (gb,) = torch.autograd.grad((yb * weights.to(dtype)).sum(), b)
+        torch.testing.assert_close(ga, gb)
+    smooth = torch.randn(6, 5, generator=g, dtype=torch.float64)  # away from the clamp's kink
+    assert torch.autograd.gradcheck(lambda t: normalize_rows(t, 1e-8), (smooth.requires_grad_(True),))
+    clamped = (0.01 * torch.randn(6, 5, generator=g, dtype=torch.float64)).requires_grad_(True)  # x / eps
+    assert torch.autograd.gradcheck(lambda t: normalize_rows(t, 1.0), (clamped,))
