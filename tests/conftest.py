@@ -67,6 +67,38 @@ def integer_rows(n: int, d: int, *, seed: int = 0, low: int = -2, high: int = 3)
     return torch.randint(low, high, (n, d), generator=g).to(torch.float64)
 
 
+def clustered(n: int, d: int, clusters: int, spread: float, *, seed: int) -> torch.Tensor:
+    """float32 rows around `clusters` random centres, each coordinate `spread` from its centre."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 10 * torch.randn(clusters, d, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, clusters, (n,), generator=g)
+    return (centres[labels] + spread * torch.randn(n, d, generator=g, dtype=torch.float64)).float()
+
+
+def adversarial_rows(n: int, d: int):
+    """(name, float32 rows) pairs built to widen a certified search's candidate band or to break a
+    careless bound: about n rows of dimension d (some cases scale both)."""
+    z = random_rows(n, d, seed=11, dtype=torch.float32)
+    half = random_rows(n // 2, d, seed=12, dtype=torch.float32)
+    yield "all rows equal", torch.full((n // 2, 16), 0.375)
+    yield "pairs of duplicates", torch.cat([half, half])[torch.randperm(2 * (n // 2), generator=torch.Generator().manual_seed(1))]
+    yield "near-duplicates", torch.cat([half, half + 1e-6 * random_rows(n // 2, d, seed=2, dtype=torch.float32)])
+    yield "z + 1e4", z + 1e4
+    yield "z * 1e4 + 1e7", z * 1e4 + 1e7
+    yield "near the float max", z * 1e18
+    yield "large enough to overflow keys", z * 3e18
+    yield "tiny (subnormal differences)", z * 1e-41
+    yield "tiny (underflowing squares)", z * 1e-22
+    yield "d = 1", random_rows(3 * n, 1, seed=13, dtype=torch.float32)
+    yield "d = 1 integers", integer_rows(n, 1, seed=14, low=-(n // 12), high=n // 12).float()
+    yield "integer rows (exact ties)", integer_rows(n, 4, seed=15).float()
+    yield "clusters, spread 1e-6", clustered(2 * n, d + 8, max(2, n // 60), 1e-6, seed=16)
+    yield "clusters, spread 1e-3", clustered(2 * n, 2 * d + 16, max(2, n // 30), 1e-3, seed=17)
+    yield "one far outlier", torch.cat([z, torch.full((1, d), 1e6)])
+    yield "heavy tails", (random_rows(n + n // 3, 2 * d, seed=18) ** 5).float()
+    yield "nan row", torch.cat([z[: n // 6 - 1], torch.full((1, d), float("nan"))])
+
+
 @pytest.fixture(autouse=True)
 def _reset_cpu_isa():
     """Tests that force a CPU instruction set must not leak it into others."""

@@ -11,7 +11,7 @@ import torch
 
 from eae_kernels import _extension, kl_cross_entropy, kl_divergence, kl_entropy, knn_distances, koleo_loss
 
-from conftest import HALF_DTYPES, integer_rows, random_rows
+from conftest import HALF_DTYPES, adversarial_rows, clustered, integer_rows, random_rows
 
 _C = _extension._C
 pytestmark = pytest.mark.skipif(
@@ -106,34 +106,8 @@ def test_row_ranges_are_bit_identical(monkeypatch):
         assert torch.equal(a, b)
 
 
-def clustered(n, d, clusters, spread, seed):
-    g = torch.Generator().manual_seed(seed)
-    centres = 10 * torch.randn(clusters, d, generator=g, dtype=torch.float64)
-    labels = torch.randint(0, clusters, (n,), generator=g)
-    return (centres[labels] + spread * torch.randn(n, d, generator=g, dtype=torch.float64)).float()
-
-
 def adversarial_inputs():
-    """(name, z) pairs built to widen the candidate band or to break a careless bound."""
-    z = random_rows(600, 24, seed=11, dtype=torch.float32)
-    half = random_rows(300, 24, seed=12, dtype=torch.float32)
-    yield "all rows equal", torch.full((300, 16), 0.375)
-    yield "pairs of duplicates", torch.cat([half, half])[torch.randperm(600, generator=torch.Generator().manual_seed(1))]
-    yield "near-duplicates", torch.cat([half, half + 1e-6 * torch.randn(300, 24, generator=torch.Generator().manual_seed(2))])
-    yield "z + 1e4", z + 1e4
-    yield "z * 1e4 + 1e7", z * 1e4 + 1e7
-    yield "near the float max", z * 1e18
-    yield "large enough to overflow keys", z * 3e18
-    yield "tiny (subnormal differences)", z * 1e-41
-    yield "tiny (underflowing squares)", z * 1e-22
-    yield "d = 1", random_rows(2000, 1, seed=13, dtype=torch.float32)
-    yield "d = 1 integers", integer_rows(500, 1, seed=14, low=-50, high=50).float()
-    yield "integer rows (exact ties)", integer_rows(800, 4, seed=15).float()
-    yield "clusters, spread 1e-6", clustered(1500, 32, 10, 1e-6, seed=16)
-    yield "clusters, spread 1e-3", clustered(1500, 64, 20, 1e-3, seed=17)
-    yield "one far outlier", torch.cat([z, torch.full((1, 24), 1e6)])
-    yield "heavy tails", (random_rows(800, 48, seed=18) ** 5).float()
-    yield "nan row", torch.cat([z[:99], torch.full((1, 24), float("nan"))])
+    return adversarial_rows(600, 24)
 
 
 @pytest.mark.parametrize("name,z", list(adversarial_inputs()), ids=lambda v: v if isinstance(v, str) else "")

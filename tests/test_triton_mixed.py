@@ -30,7 +30,7 @@ pytest.importorskip("triton")
 import eae_kernels  # noqa: E402
 from eae_kernels import triton_backend  # noqa: E402
 
-from conftest import HALF_DTYPES, integer_rows, random_rows  # noqa: E402
+from conftest import HALF_DTYPES, adversarial_rows, clustered, integer_rows, random_rows  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter"),
               pytest.mark.interpreter]
@@ -151,36 +151,11 @@ def test_modes_and_auto_rule(monkeypatch):
     assert not triton_mixed.wanted(z, 1, 2.0, 0)
 
 
-def clustered(n, d, clusters, spread, seed):
-    g = torch.Generator().manual_seed(seed)
-    centres = 10 * torch.randn(clusters, d, generator=g, dtype=torch.float64)
-    labels = torch.randint(0, clusters, (n,), generator=g)
-    return (centres[labels] + spread * torch.randn(n, d, generator=g, dtype=torch.float64)).float()
-
-
 def adversarial_inputs():
-    """(name, z) pairs built to widen the candidate band or to break a careless bound."""
+    """The shared adversarial rows at a size the interpreter runs quickly, and the cases of the
+    Triton glue (inf values, half inputs)."""
+    yield from adversarial_rows(120, 12)
     z = random_rows(120, 12, seed=11, dtype=torch.float32)
-    half = random_rows(60, 12, seed=12, dtype=torch.float32)
-    perm = torch.randperm(120, generator=torch.Generator().manual_seed(1))
-    yield "all rows equal", torch.full((90, 16), 0.375)
-    yield "pairs of duplicates", torch.cat([half, half])[perm]
-    jitter = 1e-6 * random_rows(60, 12, seed=2, dtype=torch.float32)
-    yield "near-duplicates", torch.cat([half, half + jitter])
-    yield "z + 1e4", z + 1e4
-    yield "z * 1e4 + 1e7", z * 1e4 + 1e7
-    yield "near the float max", z * 1e18
-    yield "large enough to overflow keys", z * 3e18
-    yield "tiny (subnormal differences)", z * 1e-41
-    yield "tiny (underflowing squares)", z * 1e-22
-    yield "d = 1", random_rows(150, 1, seed=13, dtype=torch.float32)
-    yield "d = 1 integers", integer_rows(120, 1, seed=14, low=-30, high=30).float()
-    yield "integer rows (exact ties)", integer_rows(120, 4, seed=15).float()
-    yield "clusters, spread 1e-6", clustered(150, 16, 5, 1e-6, seed=16)
-    yield "clusters, spread 1e-3", clustered(150, 32, 6, 1e-3, seed=17)
-    yield "one far outlier", torch.cat([z, torch.full((1, 12), 1e6)])
-    yield "heavy tails", (random_rows(120, 24, seed=18) ** 5).float()
-    yield "nan row", torch.cat([z[:59], torch.full((1, 12), float("nan"))])
     yield "inf value", torch.cat([z[:40], torch.tensor([[math.inf] + [0.0] * 11])])
     yield "half: bfloat16 ties", integer_rows(100, 6, seed=19).to(torch.bfloat16)
     yield "half: float16 + offset", (random_rows(100, 6, seed=20) + 300).to(torch.float16)
