@@ -100,7 +100,8 @@ if problems:
 PYEOF
 
 SO=$("$PY" -c "from eae_kernels import _extension; print(_extension._C.__file__)")
-if ! ldd "$SO" | grep -Eq "libcudart|libc10_cuda"; then
+# (no grep -q: it may exit before ldd has written everything, and pipefail then fails the pipe)
+if ! ldd "$SO" | grep -E "libcudart|libc10_cuda" > /dev/null; then
   echo "FAIL: $SO does not link the CUDA runtime (ldd):" >&2
   ldd "$SO" >&2
   exit 1
