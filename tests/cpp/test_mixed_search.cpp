@@ -48,6 +48,9 @@ static bool check_bound(const std::string& name, const std::vector<float>& x, in
   for (const int32_t j : m.wild) wild[j] = 1;
   const MixedBound& b = m.plan.bound;
   const int64_t d2 = m.plan.d2;
+  // The self search keeps one copy of the quantised rows (query and reference alike).
+  const std::vector<int16_t>& ref_q = self ? m.q : m.ref_q;
+  const std::vector<double>& ref_delta = self ? m.delta : m.ref_delta;
   int bad = 0;
   double worst_slack = INFINITY;  // smallest (bound - value) / value seen, for the log
   for (int64_t i = 0; i < nx && bad < 5; ++i) {
@@ -56,7 +59,7 @@ static bool check_bound(const std::string& name, const std::vector<float>& x, in
       int64_t I = 0;
       long double r2 = 0;
       for (int64_t c = 0; c < d2; ++c) {
-        const int64_t e = int64_t{m.q[i * d2 + c]} - m.ref_q[j * d2 + c];
+        const int64_t e = int64_t{m.q[i * d2 + c]} - ref_q[j * d2 + c];
         I += e * e;
       }
       for (int64_t c = 0; c < d; ++c) {
@@ -65,9 +68,9 @@ static bool check_bound(const std::string& name, const std::vector<float>& x, in
       }
       const long double r = std::sqrt(r2);
       const long double s = b.alpha * std::sqrt(static_cast<long double>(I));
-      const long double dd = m.delta[i] + m.ref_delta[j];
+      const long double dd = m.delta[i] + ref_delta[j];
       const double K = exact_key(&x[i * d], &ref[j * d], d);
-      const double lower = mixed_key_lower(static_cast<double>(I), m.delta[i], m.ref_delta[j], b);
+      const double lower = mixed_key_lower(static_cast<double>(I), m.delta[i], ref_delta[j], b);
       const double upper = mixed_key_upper(static_cast<double>(I), m.delta[i], b);
       const double slow = mixed_reach(upper, m.delta[i], b);
       const double fast = mixed_fast_reach(static_cast<double>(I), m.plan.reach_slope, m.reach[i]);
