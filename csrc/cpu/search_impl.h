@@ -19,6 +19,11 @@
 // which a scalar insertion (core/kl_math.h) merges into the row's sorted top-k list. Columns
 // are visited in ascending order, so a later candidate with an equal key never displaces an
 // earlier one: the lower index wins ties.
+//
+// Two specialisations of the merge, same results: k = 1 on bounded data takes a row's minimum
+// over the tile (row_tile's Top1), and a whole small self set computes each pair once
+// (search_small_self). The gradient rows (gradient_rows) are compiled here too, for the ISA's
+// vector width.
 
 #include "search.h"
 
