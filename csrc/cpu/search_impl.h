@@ -211,6 +211,32 @@ EAE_HD void tile_keys(const typename V::T* rows, const typename V::T* panel, int
   }
 }
 
+// The smallest key of one tile row (CC registers), its own column own_lane (when in [0, CC W))
+// first set to +inf. Used by the k = 1 merges.
+template <class V, int CC>
+EAE_HD typename V::T row_minimum(typename V::R (&row)[CC], int64_t own_lane) {
+  constexpr int W = V::W;
+  if (own_lane >= 0 && own_lane < CC * W) {
+#pragma GCC unroll 8
+    for (int q = 0; q < CC; ++q)  // a constant register index keeps the row in registers
+      if (own_lane / W == q) row[q] = V::with_inf_at(row[q], static_cast<int>(own_lane % W));
+  }
+  typename V::R m = row[0];
+#pragma GCC unroll 8
+  for (int q = 1; q < CC; ++q) m = V::min(m, row[q]);
+  return V::reduce_min(m);
+}
+
+// The lowest lane of one tile row that holds key.
+template <class V, int CC>
+EAE_HD int lowest_lane(const typename V::R (&row)[CC], typename V::T key) {
+  const typename V::R t = V::set1(key);
+  uint64_t hit = 0;
+#pragma GCC unroll 8
+  for (int q = 0; q < CC; ++q) hit |= V::equal(row[q], t) << (q * V::W);
+  return __builtin_ctzll(hit);
+}
+
 // The value a tile entry must be below to be a candidate for the row: the k-th key, or NaN while
 // the list still has empty slots (NaN makes every lane a candidate).
 template <class T>
@@ -250,22 +276,9 @@ EAE_HD void row_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64_t pan
       // is set to +inf: a finite minimum is the best real candidate of the tile, and its lowest
       // lane its lowest index. It replaces the row's entry in topk_insert's (key, index) order.
       const int64_t i = i0 + r;
-      const int64_t own_lane = i - panel_index * PW;
-      if (a.exclude_self && own_lane >= 0 && own_lane < CC * W) {
-#pragma GCC unroll 8
-        for (int q = 0; q < CC; ++q)  // a constant register index keeps acc in registers
-          if (own_lane / W == q) acc[r][q] = V::with_inf_at(acc[r][q], static_cast<int>(own_lane % W));
-      }
-      R m = acc[r][0];
-#pragma GCC unroll 8
-      for (int q = 1; q < CC; ++q) m = V::min(m, acc[r][q]);
-      const T best = V::reduce_min(m);
+      const T best = row_minimum<V, CC>(acc[r], a.exclude_self ? i - panel_index * PW : -1);
       if (!(best < T(INFINITY)) || best > thr[r]) continue;  // thr[r] is NaN while the list is empty
-      const R t = V::set1(best);
-      uint64_t hit = 0;
-#pragma GCC unroll 8
-      for (int q = 0; q < CC; ++q) hit |= V::equal(acc[r][q], t) << (q * W);
-      const int64_t j = panel_index * PW + __builtin_ctzll(hit);
+      const int64_t j = panel_index * PW + lowest_lane<V, CC>(acc[r], best);
       int64_t* idx = a.idx + (i - a.first_row);
       if (best == thr[r] && *idx <= j) continue;
       a.keys[i - a.first_row] = best;
@@ -396,23 +409,10 @@ EAE_HD void symmetric_tile(const SearchArgs<typename V::T>& a, int64_t i0, int64
 #pragma GCC unroll 8
   for (int r = 0; r < RR; ++r) {
     const int64_t i = i0 + r;
-    const int64_t own_lane = i - reg0 * W;
-    if (own_lane >= 0 && own_lane < CC * W) {
-#pragma GCC unroll 8
-      for (int q = 0; q < CC; ++q)
-        if (own_lane / W == q) acc[r][q] = V::with_inf_at(acc[r][q], static_cast<int>(own_lane % W));
-    }
-    R m = acc[r][0];
-#pragma GCC unroll 8
-    for (int q = 1; q < CC; ++q) m = V::min(m, acc[r][q]);
-    const T best = V::reduce_min(m);
+    const T best = row_minimum<V, CC>(acc[r], i - reg0 * W);
     if (!(best < best_key[i])) continue;
-    const R t = V::set1(best);
-    uint64_t hit = 0;
-#pragma GCC unroll 8
-    for (int q = 0; q < CC; ++q) hit |= V::equal(acc[r][q], t) << (q * W);
     best_key[i] = best;
-    best_idx[i] = static_cast<T>(reg0 * W + __builtin_ctzll(hit));
+    best_idx[i] = static_cast<T>(reg0 * W + lowest_lane<V, CC>(acc[r], best));
   }
 }
 
