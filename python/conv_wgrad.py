@@ -1,4 +1,4 @@
-"""Convolutions whose weight gradient is one matrix product (a CPU training speed-up).
+"""Convolutions whose weight gradient is computed by matrix products (a CPU training speed-up).
 
 On the CPU, oneDNN's kernels for the weight gradient of the paper's strided 4x4 convolutions are
 the slowest part of a training step, in bf16 (AMX) no faster than in float32: profiled on the
@@ -9,14 +9,18 @@ large stride-2 ``Conv2d`` and ``ConvTranspose2d`` layers of a model compute it s
     dW[o, i, kh, kw] = sum over (n, h, w) of g[n, o, h, w] * s[n, i, stride h + kh, stride w + kw]
 
 (s the zero-padded input and g the output gradient for a convolution; for a transposed
-convolution the roles swap: s is the padded output gradient and g the input), as one product
-of g (N H W, O) with the patches of s (N H W, k k I), gathered with k^2 strided copies in the
-channels-last layout. The forward pass and the input gradient stay oneDNN's. The parameters,
-state_dict and results are those of the layers (the same sums, in another order: equal up to
-rounding).
+convolution the roles swap: s is the padded output gradient and g the input), as k^2 matrix
+products of g (N H W, O) with shifted views of the stride x stride phases of s (see
+:func:`patch_weight_grad`): one copy of s and of g, where gathering the k^2 patches would write
+a tensor k^2 / stride^2 = 4 times the size of s into freshly allocated pages (for the
+MNIST network's 512 -> 256 transposed convolution, one thread: 350 ms with the patches, 240 ms
+so). The forward pass and the input gradient stay oneDNN's. The
+parameters, state_dict and results are those of the layers (the same sums, in another order:
+equal up to rounding).
 
 Only layers with in x out channels >= ``MIN_CHANNEL_PRODUCT`` are converted: for small layers the
-copies cost more than oneDNN's kernel saves (benchmarks/train_speed.py --matmul-wgrad, converting
+copies cost more than oneDNN's kernel saves (benchmarks/train_speed.py --matmul-wgrad with the
+patch gathering, converting
 every strided layer: 2.15x fp32 for the full-width MNIST network against 1.57x with oneDNN's
 weight gradient, but 1.15x against 1.27x at width 0.25 and 0.80x against 2.21x for digits at
 width 0.25).
@@ -35,23 +39,38 @@ def patch_weight_grad(source: torch.Tensor, grad: torch.Tensor, kernel_size: int
                       padding: int) -> torch.Tensor:
     """The weight gradient (C_grad, C_source, k, k) of the convolution that maps ``source`` (N,
     C_source, H, W) to outputs shaped like ``grad`` (N, C_grad, Ho, Wo) with ``kernel_size``,
-    ``stride`` and ``padding`` (no dilation, no groups)."""
+    ``stride`` and ``padding`` (no dilation, no groups).
+
+    The padded source is split into its stride x stride phases (rows s j + p, columns s i + q),
+    each stored as a matrix of (n, j, i) rows of C_source channels; the output gradient is
+    zero-padded to the same (n, j, i) grid. The tap (kh, kw) = (s a + p, s b + q) then reads
+    phase (p, q) at (j, i) = (h + a, w + b): the same matrix shifted by a row_w + b rows, so its
+    gradient is one matrix product of two plain matrices, and no k^2-times-larger patch tensor is
+    ever built (the padded rows of the gradient are zero and add nothing)."""
     n, _, height, width = source.shape
-    out_h, out_w = grad.shape[2], grad.shape[3]
-    k = kernel_size
-    # channels-last views (a copy only when the tensor is not channels-last already)
-    src = source.permute(0, 2, 3, 1)
-    pad_bottom = max(0, stride * (out_h - 1) + k - height - padding)
-    pad_right = max(0, stride * (out_w - 1) + k - width - padding)
-    src = F.pad(src, (0, 0, padding, pad_right, padding, pad_bottom))
-    patches = src.new_empty(n, out_h, out_w, k, k, src.shape[3])
+    c_grad, out_h, out_w = grad.shape[1], grad.shape[2], grad.shape[3]
+    k, s = kernel_size, stride
+    taps = -(-k // s)  # shifts a per phase: kh = s a + p < k
+    rows_h, rows_w = out_h + taps - 1, out_w + taps - 1  # the phase grid (j, i)
+    grid = n * rows_h * rows_w
+    # channels-last source, padded (or cropped: those rows feed no tap) to s rows_h x s rows_w
+    src = F.pad(source.permute(0, 2, 3, 1),
+                (0, 0, padding, s * rows_w - width - padding, padding, s * rows_h - height - padding))
+    # phases[p, q] = src[:, p::s, q::s] as a (grid, C) matrix; the tail rows keep the last
+    # shifted matrix in bounds
+    tail = (taps - 1) * (rows_w + 1)
+    phases = src.new_zeros(s, s, grid + tail, src.shape[3])
+    phases[:, :, :grid].view(s, s, n, rows_h, rows_w, -1).copy_(
+        src.reshape(n, rows_h, s, rows_w, s, -1).permute(2, 4, 0, 1, 3, 5))
+    g = grad.new_zeros(n, rows_h, rows_w, c_grad)
+    g[:, :out_h, :out_w] = grad.permute(0, 2, 3, 1)
+    g_t = g.view(grid, c_grad).t()
+    weight = grad.new_empty(k, k, c_grad, src.shape[3])
     for kh in range(k):
         for kw in range(k):
-            patches[:, :, :, kh, kw] = src[:, kh:kh + stride * (out_h - 1) + 1:stride,
-                                           kw:kw + stride * (out_w - 1) + 1:stride]
-    g = grad.permute(0, 2, 3, 1).reshape(n * out_h * out_w, grad.shape[1])
-    weight = g.t() @ patches.view(n * out_h * out_w, -1)  # (C_grad, k k C_source)
-    return weight.view(grad.shape[1], k, k, -1).permute(0, 3, 1, 2)
+            shift = (kh // s) * rows_w + kw // s
+            torch.mm(g_t, phases[kh % s, kw % s, shift:shift + grid], out=weight[kh, kw])
+    return weight.permute(2, 3, 0, 1)
 
 
 class _Convolution(torch.autograd.Function):
