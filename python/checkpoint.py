@@ -108,6 +108,19 @@ def save_checkpoint(run_dir: str | os.PathLike, keep_previous: bool = True, **st
     return path
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed over it: a reader in another
+    process sees the old file or the new one, never a part of either."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def atomic_copy(source: Path, target: Path) -> None:
     """Make ``target`` a copy of ``source`` (a hard link where the file system allows), replacing
     any earlier ``target`` atomically."""

@@ -26,6 +26,7 @@ import time
 
 import torch
 
+from .checkpoint import atomic_write_text
 from .data import DataError
 from .metrics import (
     LATENT_MAX_CODES,
@@ -114,7 +115,7 @@ def evaluate_run(run: Run, data, n_samples: int = DEFAULT_SAMPLES, inception_wei
                             **{name: frechet_distance(stats(images), ref_stats) for name, images in candidates.items()}}
     metrics["seconds"] = round(time.time() - started, 1)
     if write:
-        (run.run_dir / METRICS_NAME).write_text(json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(run.run_dir / METRICS_NAME, json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

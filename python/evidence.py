@@ -16,7 +16,9 @@ Each run is a run directory of python.train under ``--out`` (``seed<s>/<name>``)
 evaluated by python.evaluate (one in-project classifier for every run, trained once). Finished
 runs and their metrics are reused and unfinished ones resumed, so the experiment can be run in
 pieces (``--seeds``, ``--no-sweep``, Ctrl-C) across sessions; the report is rewritten after every
-run from whatever has finished. Written into ``--out`` (default runs/evidence-<dataset>-w<width>):
+run from whatever has finished. Several processes may work on one ``--out`` at once (one per
+core: ``taskset -c 0 python -m python.evidence ... &  taskset -c 1 python -m python.evidence
+...``): each run is locked while one of them trains or evaluates it, and the others skip it. Written into ``--out`` (default runs/evidence-<dataset>-w<width>):
 
     evidence.md, evidence.json  mean +- sd over the seeds of the held-out reconstruction, the
                                 classifier-feature FD of N(0, I) and GMM samples, the latent KL to
@@ -29,7 +31,9 @@ run from whatever has finished. Written into ``--out`` (default runs/evidence-<d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -39,6 +43,12 @@ from pathlib import Path
 
 import torch
 
+try:  # file locks let several processes share the runs (POSIX; elsewhere one process at a time)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+from .checkpoint import atomic_write_text
 from .compare import _finished, _train_timed
 from .data import DATASETS, load_dataset
 from .evaluate import METRICS_NAME, evaluate_run
@@ -118,16 +128,47 @@ def metrics_of(config: TrainConfig, data, n_samples: int, classifier: Path | Non
     """The run's metrics.json when it belongs to the finished run and ``n_samples``; else
     evaluate it with the experiment's classifier (trained at the first evaluation, then reused:
     one feature space for every run) and write it."""
-    path = Path(config.run_dir) / METRICS_NAME
-    if path.is_file():
-        metrics = json.loads(path.read_text())
-        fd = metrics.get("classifier_frechet_distance", {})
-        if metrics.get("epoch") == config.epochs and fd.get("n_samples", n_samples) == n_samples:
-            return metrics
+    metrics = stored_metrics(config, n_samples)
+    if metrics is not None:
+        return metrics
     if classifier is not None:
-        cached_classifier(classifier, data.train, data.test, resolve_device(config.device))
+        with run_lock(classifier, wait=True):  # trained once, by whichever process gets here first
+            cached_classifier(classifier, data.train, data.test, resolve_device(config.device))
         shutil.copy(classifier, Path(config.run_dir) / CLASSIFIER_NAME)
     return evaluate_run(load_run(config.run_dir, config.device), data, n_samples, seed=config.seed)
+
+
+def stored_metrics(config: TrainConfig, n_samples: int) -> dict | None:
+    """The run's metrics.json if it belongs to the finished run and ``n_samples``, else None."""
+    path = Path(config.run_dir) / METRICS_NAME
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    fd = metrics.get("classifier_frechet_distance", {})
+    if metrics.get("epoch") == config.epochs and fd.get("n_samples", n_samples) == n_samples:
+        return metrics
+    return None
+
+
+@contextlib.contextmanager
+def run_lock(path: Path, wait: bool = False):
+    """Hold the lock file ``.<name>.lock`` beside ``path`` (a run directory or a file); yields
+    True, or False when another process holds it and ``wait`` is False. The operating system
+    drops the lock when its holder exits, so a killed process leaves nothing stale."""
+    if fcntl is None:  # pragma: no cover - Windows: no sharing between processes
+        yield True
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def row_of(job: Job, metrics: dict) -> dict:
@@ -264,8 +305,10 @@ def figure(out: Path, sample_rows: list[tuple[str, torch.Tensor]], rows: list[di
     fig.suptitle(title)
     fig.tight_layout()
     path = out / FIGURE_NAME
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(f".{os.getpid()}.{path.name}")  # renamed over the figure: never half written
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 
@@ -310,18 +353,32 @@ def evidence(dataset: str, out: Path, data_dir: str | None = None, models: list[
     settings = (f"{dataset}, {len(data.train)} training / {len(data.test)} held-out images, width {first.width:g}, "
                 f"{first.epochs} epochs, batch {first.batch_size}, Adam lr {first.lr:g}, precision {first.precision}, "
                 f"{n_samples} samples per prior")
-    rows, started = [], time.time()
-    for i, (job, config, resume) in enumerate(configs):
-        done = resume and _finished(load_run(config.run_dir, config.device))
-        if not done:
-            if not train:
+    started = time.time()
+
+    def finished_rows() -> list[dict]:  # every finished and evaluated run, whichever process did it
+        rows = []
+        for job, config, _ in configs:
+            metrics = stored_metrics(config, n_samples)
+            if metrics is not None:
+                rows.append(row_of(job, metrics))
+        return rows
+
+    for i, (job, config, _) in enumerate(configs):
+        with run_lock(Path(config.run_dir)) as mine:
+            if not mine:
+                print(f"[{i + 1}/{len(configs)}] {config.run_dir}: another process has it, skipped", flush=True)
                 continue
-            print(f"[{i + 1}/{len(configs)}] training {config.run_dir}", flush=True)
-            _train_timed(config, resume, progress)
-            if not _finished(load_run(config.run_dir, config.device)):  # train() returns after saving on Ctrl-C
-                raise KeyboardInterrupt
-        rows.append(row_of(job, metrics_of(config, data, n_samples, classifier)))
-        write_report(out, rows, models, list(latent_sizes), latent_dim, settings, command_line)  # after every run
+            resume = (Path(config.run_dir) / "config.json").is_file()  # checked now: another process may have begun it
+            if not (resume and _finished(load_run(config.run_dir, config.device))):
+                if not train:
+                    continue
+                print(f"[{i + 1}/{len(configs)}] training {config.run_dir}", flush=True)
+                _train_timed(config, resume, progress)
+                if not _finished(load_run(config.run_dir, config.device)):  # train() returns after saving on Ctrl-C
+                    raise KeyboardInterrupt
+            metrics_of(config, data, n_samples, classifier)
+        write_report(out, finished_rows(), models, list(latent_sizes), latent_dim, settings, command_line)
+    rows = finished_rows()
     result = write_report(out, rows, models, list(latent_sizes), latent_dim, settings, command_line)
     print(f"{len(rows)} of {len(configs)} runs finished ({time.time() - started:.0f} s this invocation)")
     sample_rows = []
@@ -339,8 +396,8 @@ def write_report(out: Path, rows: list[dict], models: list[str], latent_sizes: l
                  settings: str, command_line: str) -> dict:
     result = {"command": command_line, "settings": settings, "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{REPORT_NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / f"{REPORT_NAME}.md").write_text(report(rows, models, latent_sizes, latent_dim, settings))
+    atomic_write_text(out / f"{REPORT_NAME}.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / f"{REPORT_NAME}.md", report(rows, models, latent_sizes, latent_dim, settings))
     return result
 
 

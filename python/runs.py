@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import atomic_write_text, load_checkpoint
 from .data import DATASETS, DataSplit, load_dataset
 from .models import ARCHITECTURES, Autoencoder
 from .registry import MODELS, build_model, check_beta
@@ -250,10 +250,7 @@ def default_run_dir(config: TrainConfig, name: str | None = None) -> Path:
 
 
 def write_config(config: TrainConfig, run_dir: Path) -> None:
-    path = run_dir / CONFIG_NAME
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(config.to_json() + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(run_dir / CONFIG_NAME, config.to_json() + "\n")
 
 
 def read_config(run_dir: str | os.PathLike) -> TrainConfig:

@@ -104,3 +104,25 @@ def test_matmul_weight_grad_leaves_other_layers_alone():
     from python.registry import build_model
 
     assert use_matmul_weight_grad(build_model("mnist")) == 4 and use_matmul_weight_grad(build_model("mnist", width=0.25)) == 0
+
+
+@pytest.mark.slow
+def test_a_run_locked_by_another_process_is_skipped_then_taken(tmp_path, capsys):
+    from python.evidence import run_lock
+    out = tmp_path / "ev"
+    args = ["--dataset", "digits", "--models", "eae,bn-ae", "--seeds", "0", "--no-sweep", "--epochs", "1",
+            "--width", "0.25", "--threads", "1", "--n-samples", "50", "--out", str(out)]
+    busy = out / "seed0" / "eae-beta0-z8"  # bn-ae (the digits latent size is 8)
+    with run_lock(busy) as mine:  # a second lock of the same file conflicts, as another process's would
+        assert mine
+        with run_lock(busy) as again:
+            assert not again
+        assert main(args) == 0
+        assert "eae-beta0-z8: another process has it, skipped" in capsys.readouterr().out
+        assert not busy.exists()
+        rows = json.loads((out / "evidence.json").read_text())["rows"]
+        assert [(r["beta"], r["latent_dim"]) for r in rows] == [(0.05, 8)]
+    assert main(args) == 0  # released: now trained, and the report has both runs
+    rows = json.loads((out / "evidence.json").read_text())["rows"]
+    assert sorted(r["beta"] for r in rows) == [0.0, 0.05]
+    assert not list(out.rglob(".*.tmp"))
