@@ -10,6 +10,7 @@ truncated transfer) costs one epoch, not the run: reading falls back to it with 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -24,16 +25,25 @@ CHECKPOINT_NAME = "checkpoint.pt"
 PREVIOUS_NAME = "checkpoint.prev.pt"  # the checkpoint before the latest, kept as a fallback
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
-    path = Path(path)
+@contextlib.contextmanager
+def written_atomically(path: Path):
+    """Yields a temporary path beside ``path``: what the block writes there is renamed over
+    ``path`` when the block ends (``os.replace``, atomic on POSIX and Windows) and deleted if it
+    raises, so ``path`` is always the old file or the new one, whole."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        _write(tmp, obj)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` that never leaves a partial file at ``path``."""
+    path = Path(path)
+    with written_atomically(path) as tmp:
+        _write(tmp, obj)
     _fsync_dir(path.parent)
 
 
@@ -94,16 +104,10 @@ def save_checkpoint(run_dir: str | os.PathLike, keep_previous: bool = True, **st
     fell back to the previous checkpoint), so that the good previous one is not replaced by it.
     """
     path = Path(run_dir) / CHECKPOINT_NAME
-    previous = path.with_name(PREVIOUS_NAME)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with written_atomically(path) as tmp:
         _write(tmp, {**state, "rng": rng_state()})
         if keep_previous and path.is_file():
-            atomic_copy(path, previous)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            atomic_copy(path, path.with_name(PREVIOUS_NAME))
     _fsync_dir(path.parent)
     return path
 
@@ -111,31 +115,20 @@ def save_checkpoint(run_dir: str | os.PathLike, keep_previous: bool = True, **st
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file renamed over it: a reader in another
     process sees the old file or the new one, never a part of either."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with written_atomically(Path(path)) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def atomic_copy(source: Path, target: Path) -> None:
     """Make ``target`` a copy of ``source`` (a hard link where the file system allows), replacing
     any earlier ``target`` atomically."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
+    with written_atomically(target) as tmp:
         try:
             os.link(source, tmp)
         except OSError:  # no hard links here (some network and FAT file systems): copy
             shutil.copyfile(source, tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class CheckpointError(ValueError):

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -48,7 +47,7 @@ try:  # file locks let several processes share the runs (POSIX; elsewhere one pr
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, written_atomically
 from .compare import _finished, _train_timed
 from .data import DATASETS, load_dataset
 from .evaluate import METRICS_NAME, evaluate_run
@@ -305,10 +304,9 @@ def figure(out: Path, sample_rows: list[tuple[str, torch.Tensor]], rows: list[di
     fig.suptitle(title)
     fig.tight_layout()
     path = out / FIGURE_NAME
-    tmp = path.with_name(f".{os.getpid()}.{path.name}")  # renamed over the figure: never half written
-    fig.savefig(tmp, dpi=110)
+    with written_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
