@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import atomic_write_text
 from .data import DATASETS, load_dataset
 from .evaluate import DEFAULT_SAMPLES, evaluate_run
 from .images import display_scale, save_labelled_rows
@@ -90,7 +91,7 @@ def _train_timed(config: TrainConfig, resume: bool, progress: bool) -> float:
         train(config, resume=resume, progress=progress, finish=False)
     finally:
         spent += time.time() - started
-        record.write_text(json.dumps({"seconds": round(spent, 1)}) + "\n")
+        atomic_write_text(record, json.dumps({"seconds": round(spent, 1)}) + "\n")
     return spent
 
 

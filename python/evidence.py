@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import shutil
 import statistics
@@ -54,7 +55,7 @@ from .evaluate import METRICS_NAME, evaluate_run
 from .metrics import cached_classifier
 from .runs import DEFAULT_RUNS_DIR, PRECISIONS, TrainConfig, command, load_run, read_config, resolve_device
 from .sample import sample_images
-from .train import RESUME_OVERRIDABLE
+from .train import LOG_NAME, RESUME_OVERRIDABLE
 
 EAE_BETA = 0.05
 # label -> (model, beta) of the comparison
@@ -170,7 +171,23 @@ def run_lock(path: Path, wait: bool = False):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def row_of(job: Job, metrics: dict) -> dict:
+def training_seconds(run_dir: Path) -> float | None:
+    """Wall time of the epochs in the run's log.csv. Its ``seconds`` column counts from the start
+    of each invocation, so a resumed run's clock restarts: sum the per-epoch increments (the work
+    lost to a kill before the last checkpoint is not counted)."""
+    path = run_dir / LOG_NAME
+    if not path.is_file():
+        return None
+    total = previous = 0.0
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            seconds = float(row["seconds"])
+            total += seconds - previous if seconds > previous else seconds
+            previous = seconds
+    return total
+
+
+def row_of(job: Job, metrics: dict, train_seconds: float | None = None) -> dict:
     fd = metrics["classifier_frechet_distance"]
     skipped = "skipped" in fd
     return {"label": job.label, "model": job.model, "beta": job.beta, "latent_dim": job.latent_dim, "seed": job.seed,
@@ -179,7 +196,8 @@ def row_of(job: Job, metrics: dict) -> dict:
             "fd_isotropic": None if skipped else fd["isotropic"], "fd_gmm": None if skipped else fd["gmm"],
             "fd_floor": None if skipped else fd["train_vs_heldout"],
             "latent_kl": metrics["latent"]["kl_to_standard_normal"],
-            "latent_kl_exact_normal": metrics["latent"]["kl_of_exact_normal_sample"]}
+            "latent_kl_exact_normal": metrics["latent"]["kl_of_exact_normal_sample"],
+            "train_seconds": train_seconds, "eval_seconds": metrics.get("seconds")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +276,13 @@ def report(rows: list[dict], models: list[str], latent_sizes: list[int], latent_
               "Latent KL: of the training codes to N(0, I), Kozachenko-Leonenko estimate; compare it with the "
               "same estimate for an exact N(0, I) sample (last column), not with 0. sd: sample standard "
               "deviation over seeds; a paired difference is the same seed's EAE minus its beta-0 run."]
+    train_s = [r["train_seconds"] for r in rows if r.get("train_seconds") is not None]
+    eval_s = [r["eval_seconds"] for r in rows if r.get("eval_seconds") is not None]
+    if train_s:
+        lines += ["", f"Compute: {len(train_s)} runs trained in {sum(train_s) / 3600:.1f} h in all "
+                  f"({min(train_s) / 60:.1f}-{max(train_s) / 60:.1f} min each, median "
+                  f"{statistics.median(train_s) / 60:.1f}), evaluated in {sum(eval_s) / 3600:.1f} h "
+                  "(one process per run; processes on separate cores run side by side)."]
     return "\n".join(lines) + "\n"
 
 
@@ -358,7 +383,7 @@ def evidence(dataset: str, out: Path, data_dir: str | None = None, models: list[
         for job, config, _ in configs:
             metrics = stored_metrics(config, n_samples)
             if metrics is not None:
-                rows.append(row_of(job, metrics))
+                rows.append(row_of(job, metrics, training_seconds(Path(config.run_dir))))
         return rows
 
     for i, (job, config, _) in enumerate(configs):

@@ -242,6 +242,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
     optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=5)
     epoch, step, sums = 0, 0, [0.0, 0.0, 0.0]  # sums of loss, recon, entropy over this epoch's steps
+    seconds_before = 0.0  # training time of the earlier invocations of this run
     latest_is_good = True  # checkpoint.pt may become checkpoint.prev.pt at the next save
 
     if resume:
@@ -258,6 +259,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         epoch, step, sums = int(checkpoint["epoch"]), int(checkpoint["step"]), list(checkpoint["sums"])
+        seconds_before = float(checkpoint.get("seconds", 0.0))  # absent from checkpoints of older versions
         set_rng_state(checkpoint["rank_rng"][par.rank] if par.active else checkpoint["rng"])
     else:
         def check_new_run_dir() -> None:
@@ -276,7 +278,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
             extra = {"rank_rng": every_rng} if par.active else {}
             save_checkpoint(run_dir, keep_previous=latest_is_good, model=module.state_dict(),
                             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch,
-                            step=step, sums=sums, world_size=par.world_size, **extra)
+                            step=step, sums=sums, world_size=par.world_size,
+                            seconds=round(time.time() - started, 1), **extra)
         latest_is_good = True
 
     log = RunLog(run_dir, keep_epochs=epoch) if par.is_main else None
@@ -286,7 +289,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, finish: bool, par:
     say(f"{data.description}\nrun directory: {run_dir}  device: {device}  "
         f"{sum(p.numel() for p in module.parameters()):,} parameters (width {config.width:g})  "
         f"precision {config.precision}{'  compiled' if config.compile else ''}{processes}")
-    started = time.time()
+    started = time.time() - seconds_before  # log.csv's seconds: the run's training time over every invocation
     stop_signals = (signal.SIGINT, signal.SIGTERM) if par.active else (signal.SIGINT,)
     try:
         with StopOnInterrupt(stop_signals, announce=par.is_main) as stop:

@@ -126,3 +126,13 @@ def test_a_run_locked_by_another_process_is_skipped_then_taken(tmp_path, capsys)
     rows = json.loads((out / "evidence.json").read_text())["rows"]
     assert sorted(r["beta"] for r in rows) == [0.0, 0.05]
     assert not list(out.rglob(".*.tmp"))
+
+
+def test_training_seconds_sums_the_epochs_of_every_invocation(tmp_path):
+    from python.evidence import training_seconds
+    assert training_seconds(tmp_path) is None
+    # two epochs, a kill, a resume whose clock restarted (older versions), then a continuing clock
+    (tmp_path / "log.csv").write_text("epoch,steps,loss,recon,entropy,heldout_recon,lr,seconds\n"
+                                      "1,9,1,1,0,1,0.1,10.0\n2,18,1,1,0,1,0.1,21.0\n"
+                                      "3,27,1,1,0,1,0.1,12.0\n4,36,1,1,0,1,0.1,30.0\n")
+    assert training_seconds(tmp_path) == pytest.approx(21.0 + 30.0)

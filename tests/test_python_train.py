@@ -125,7 +125,11 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, deterministi
     assert resume and config.epochs == 2
     train(config, resume=True, progress=False, finish=False)
     assert_same_state(state_of(straight), state_of(split))
-    assert len((split / "log.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    rows = (split / "log.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + 2 epochs
+    # the seconds column is the run's training time over both invocations: it goes on, not back to 0
+    first, second = (float(row.split(",")[-1]) for row in rows[1:])
+    assert 0 < first <= second and state_of(split)["seconds"] >= second
 
 
 def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tmp_path, deterministic, monkeypatch):
