@@ -29,6 +29,7 @@
 #include "kernel_params.cuh"
 #include "ptx.cuh"
 #include "row_epilogue.cuh"
+#include "search_list.cuh"
 #include "search_tile.cuh"
 #include "static_switch.h"
 #include "topk.cuh"
@@ -110,42 +111,6 @@ __device__ void search_registers(const T* ref, int n, const T* q, int d, int exc
     list.consider(key, j);
   }
   merge_group<32>(list);
-}
-
-// The list in global memory (k > 16): candidates of 32 columns at a time are merged by lane 0 in
-// ascending column order (as ListSearch).
-template <class T, Norm N>
-__device__ void search_global(const T* ref, int n, const T* q, int d, int exclude, int k, T* keys,
-                              int* idx, int lane) {
-  for (int s = lane; s < k; s += 32) {
-    keys[s] = T(INFINITY);
-    idx[s] = n;
-  }
-  __syncwarp();
-  T threshold_key = T(INFINITY);
-  int threshold_idx = n;
-  for (int base = 0; base < n; base += 32) {
-    const int j = base + lane;
-    T key = T(0);
-    if (j < n) {
-      const T* rj = ref + static_cast<int64_t>(j) * d;
-      for (int c = 0; c < d; ++c) key = accumulate<N>(key, rj[c] - q[c]);
-    }
-    const bool candidate = j < n && j != exclude;
-    unsigned mask = __ballot_sync(kFullMask, candidate && knn_before(key, j, threshold_key, threshold_idx));
-    while (mask) {
-      const int b = __ffs(mask) - 1;
-      const T kb = __shfl_sync(kFullMask, key, b);
-      const int jb = __shfl_sync(kFullMask, j, b);
-      if (lane == 0) topk_insert(keys, idx, k, kb, jb);
-      __syncwarp();
-      threshold_key = keys[k - 1];
-      threshold_idx = idx[k - 1];
-      __syncwarp();
-      const unsigned later = b == 31 ? 0u : (kFullMask << (b + 1));
-      mask = __ballot_sync(kFullMask, candidate && knn_before(key, j, threshold_key, threshold_idx)) & later;
-    }
-  }
 }
 
 // dv/dx_i += scale w dr(x_i, r_j) and dv/d(r_j) -= the same, with float atomics.
