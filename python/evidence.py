@@ -408,7 +408,8 @@ def evidence(dataset: str, out: Path, data_dir: str | None = None, models: list[
     for label in models:  # the figure: samples of each comparison model, seed 0 (or the first seed)
         job = Job(label, *MODELS[label], latent_dim, seeds[0])
         config = next((c for j, c, _ in configs if j == job), None)
-        if config is not None and any(r["run"] == config.run_dir for r in rows):
+        if config is not None and any((r["model"], r["beta"], r["latent_dim"], r["seed"]) ==
+                                      (job.model, job.beta, job.latent_dim, job.seed) for r in rows):
             run = load_run(config.run_dir, config.device)
             sample_rows.append((label, sample_images(run, "isotropic", SAMPLES_PER_ROW, data.train, config.seed)))
     figure(out, sample_rows, rows, list(latent_sizes), f"{dataset}, width {first.width:g}, {first.epochs} epochs")

@@ -107,7 +107,7 @@ def test_matmul_weight_grad_leaves_other_layers_alone():
 
 
 @pytest.mark.slow
-def test_a_run_locked_by_another_process_is_skipped_then_taken(tmp_path, capsys):
+def test_a_run_locked_by_another_process_is_skipped_then_taken(tmp_path, capsys, monkeypatch):
     from python.evidence import run_lock
     out = tmp_path / "ev"
     args = ["--dataset", "digits", "--models", "eae,bn-ae", "--seeds", "0", "--no-sweep", "--epochs", "1",
@@ -126,6 +126,14 @@ def test_a_run_locked_by_another_process_is_skipped_then_taken(tmp_path, capsys)
     rows = json.loads((out / "evidence.json").read_text())["rows"]
     assert sorted(r["beta"] for r in rows) == [0.0, 0.05]
     assert not list(out.rglob(".*.tmp"))
+    # a moved output folder still reports both runs and draws both models' samples
+    import python.evidence as evidence_module
+    drawn = []
+    real_figure = evidence_module.figure
+    monkeypatch.setattr(evidence_module, "figure", lambda out, rows, *a: drawn.extend(rows) or real_figure(out, rows, *a))
+    moved = out.rename(tmp_path / "moved")
+    assert main([*args[:-1], str(moved), "--report"]) == 0
+    assert [label for label, _ in drawn] == ["eae", "bn-ae"]
 
 
 def test_training_seconds_sums_the_epochs_of_every_invocation(tmp_path):
