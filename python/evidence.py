@@ -251,7 +251,7 @@ def report(rows: list[dict], models: list[str], latent_sizes: list[int], latent_
                                                                                     "latent_dim": latent_dim}
         diffs = {k: paired_differences(main, eae, bnae, k) for k, _, _ in METRIC_KEYS}
         n = len(diffs["recon"])
-        lines.append(f"| EAE - BN-AE, paired | {n} | " + " | ".join(_cell(diffs[k], fmt) for k, _, fmt in METRIC_KEYS)
+        lines.append(f"| EAE - BN-AE, paired | {n} | " + " | ".join(_cell(diffs[k], fmt.replace("{:", "{:+")) for k, _, fmt in METRIC_KEYS)
                      + " |")
     lines += ["", "Narrow-bottleneck sweep (the EAE with beta 0 = the batch-norm AE, and beta %g), mean ± sd over "
               "the seeds; the difference is paired by seed:" % EAE_BETA, "",

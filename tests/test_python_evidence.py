@@ -41,7 +41,7 @@ def test_report_statistics():
     text = report(rows, ["eae", "bn-ae"], [16], 16, "test")
     assert "| eae | 3 | 11.00 ± 1.00 |" in text  # recon 10, 11, 12
     assert "| bn-ae | 3 | 11.00 ± 1.00 |" in text
-    assert "| EAE - BN-AE, paired | 3 | 0.00 ± 0.00 |" in text and "-2.00 ± 1.00 |" in text  # KL: mean -2, sd 1
+    assert "| EAE - BN-AE, paired | 3 | +0.00 ± 0.00 |" in text and "-2.00 ± 1.00 |" in text  # KL: mean -2, sd 1
     assert "| 16 | 3 | 4.00 ± 2.00 | 2.00 ± 1.00 | -2.00 ± 1.00 |" in text
 
 
