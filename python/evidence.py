@@ -18,7 +18,8 @@ runs and their metrics are reused and unfinished ones resumed, so the experiment
 pieces (``--seeds``, ``--no-sweep``, Ctrl-C) across sessions; the report is rewritten after every
 run from whatever has finished. Several processes may work on one ``--out`` at once (one per
 core: ``taskset -c 0 python -m python.evidence ... &  taskset -c 1 python -m python.evidence
-...``): each run is locked while one of them trains or evaluates it, and the others skip it. Written into ``--out`` (default runs/evidence-<dataset>-w<width>):
+...``): each run is locked while one of them trains or evaluates it, and the others skip it.
+Written into ``--out`` (default runs/evidence-<dataset>-w<width>):
 
     evidence.md, evidence.json  mean +- sd over the seeds of the held-out reconstruction, the
                                 classifier-feature FD of N(0, I) and GMM samples, the latent KL to
@@ -172,9 +173,9 @@ def run_lock(path: Path, wait: bool = False):
 
 
 def training_seconds(run_dir: Path) -> float | None:
-    """Wall time of the epochs in the run's log.csv. Its ``seconds`` column counts from the start
-    of each invocation, so a resumed run's clock restarts: sum the per-epoch increments (the work
-    lost to a kill before the last checkpoint is not counted)."""
+    """Wall time of the epochs in the run's log.csv. Its ``seconds`` column counts over every
+    invocation, but in runs begun by older versions a resumed run's clock restarted: sum the
+    per-epoch increments (the work lost to a kill before the last checkpoint is not counted)."""
     path = run_dir / LOG_NAME
     if not path.is_file():
         return None
@@ -387,7 +388,10 @@ def evidence(dataset: str, out: Path, data_dir: str | None = None, models: list[
         return rows
 
     for i, (job, config, _) in enumerate(configs):
-        with run_lock(Path(config.run_dir)) as mine:
+        if stored_metrics(config, n_samples) is not None:
+            continue  # finished and evaluated: the report reads it
+        # a report only reads and evaluates finished runs: it must not make a training process skip one
+        with run_lock(Path(config.run_dir)) if train else contextlib.nullcontext(True) as mine:
             if not mine:
                 print(f"[{i + 1}/{len(configs)}] {config.run_dir}: another process has it, skipped", flush=True)
                 continue
